@@ -1,0 +1,179 @@
+"""The seen-time event: building, encoding and validating Kafka records.
+
+The contract is the JSON Schema file in ``schemas/`` at the top of the
+repository. Producers build events only through :func:`encode`, and consumers
+accept records only through :func:`decode`, which validates each one against
+the schema compiled with fastjsonschema (the tests also check every event with
+the reference ``jsonschema`` validator).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import fastjsonschema
+
+SCHEMA_VERSION = 1
+
+OP_UPSERT = "upsert"
+OP_DELETE = "delete"
+
+ORIGIN_LIVE = "live"
+ORIGIN_CATCHUP = "catchup"
+ORIGIN_SNAPSHOT = "snapshot"
+
+# Deletes caused by these notifications remove the key in Kask (when Kask holds
+# nothing newer); expiry and eviction never do, because Kask expires keys itself.
+EXPLICIT_DELETE_NOTIFICATIONS = frozenset({"del", "unlink", "rename_from", "move_from"})
+
+
+class EventError(ValueError):
+    """A Kafka record that is not a valid seen-time event."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class UnsupportedSchemaVersion(EventError):
+    """A record written with a schema version newer than this code knows."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(
+            "unsupported_schema_version",
+            f"record has schema_version {version} but this build knows versions up to {SCHEMA_VERSION}; "
+            "upgrade the replicator before the producers",
+        )
+        self.version = version
+
+
+def schema_dir() -> Path:
+    configured = os.environ.get("ECHOSEEN_SCHEMA_DIR")
+    if configured:
+        return Path(configured)
+    # NOTE: the schema lives at the top of the repository, next to the packages, so
+    # this lookup needs an editable install or ECHOSEEN_SCHEMA_DIR.
+    return Path(__file__).resolve().parent.parent / "schemas"
+
+
+def schema_path(version: int = SCHEMA_VERSION) -> Path:
+    return schema_dir() / f"seen-time-event.v{version}.json"
+
+
+@lru_cache(maxsize=None)
+def load_schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    with open(schema_path(version), encoding="utf-8") as schema_file:
+        return json.load(schema_file)
+
+
+@lru_cache(maxsize=None)
+def _validator(version: int = SCHEMA_VERSION):
+    return fastjsonschema.compile(load_schema(version))
+
+
+def key_text(key: bytes) -> str:
+    """Render a Redis key as text; bytes that are not UTF-8 become ``\\xNN`` escapes."""
+    return key.decode("utf-8", errors="backslashreplace")
+
+
+@dataclass(frozen=True, slots=True)
+class SeenTimeEvent:
+    """One state of one Redis key; see the schema file for each field's meaning."""
+
+    op: str
+    key: bytes
+    value: bytes | None
+    seen_time: str | None
+    value_error: str | None
+    expire_at_ms: int | None
+    version_us: int
+    origin: str
+    notification: str | None
+    source_server: str
+    source_db: int
+    source_run_id: str
+
+    @property
+    def is_explicit_delete(self) -> bool:
+        return self.op == OP_DELETE and self.notification in EXPLICIT_DELETE_NOTIFICATIONS
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "op": self.op,
+            "key": key_text(self.key),
+            "value_base64": None if self.value is None else base64.b64encode(self.value).decode("ascii"),
+            "seen_time": self.seen_time,
+            "value_error": self.value_error,
+            "expire_at_ms": self.expire_at_ms,
+            "version_us": self.version_us,
+            "origin": self.origin,
+            "notification": self.notification,
+            "source": {"server": self.source_server, "db": self.source_db, "run_id": self.source_run_id},
+        }
+
+
+def encode(event: SeenTimeEvent) -> tuple[bytes, bytes]:
+    """Return the Kafka record key and value for an event."""
+    payload = json.dumps(event.to_json_dict(), separators=(",", ":"), ensure_ascii=False)
+    return event.key, payload.encode("utf-8")
+
+
+def decode(record_key: bytes | None, record_value: bytes | None) -> SeenTimeEvent:
+    """Validate a Kafka record and return its event.
+
+    Raises UnsupportedSchemaVersion for a newer schema version (the caller must
+    stop, not skip) and EventError for anything else that can never be valid.
+    """
+    if record_value is None:
+        raise EventError("invalid_json", "record has no value (a tombstone)")
+    try:
+        document = json.loads(record_value)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise EventError("invalid_json", f"record value is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise EventError("schema_violation", f"record value is a JSON {type(document).__name__}, not an object")
+
+    version = document.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise UnsupportedSchemaVersion(version)
+    try:
+        _validator(SCHEMA_VERSION)(document)
+    except fastjsonschema.JsonSchemaException as exc:
+        raise EventError("schema_violation", str(exc)) from exc
+
+    if record_key is None:
+        raise EventError("schema_violation", "record has no key; the key must be the Redis key")
+    if key_text(record_key) != document["key"]:
+        raise EventError("schema_violation",
+                         f"record key {key_text(record_key)!r} differs from the event key {document['key']!r}")
+    value = None
+    if document["value_base64"] is not None:
+        try:
+            value = base64.b64decode(document["value_base64"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise EventError("schema_violation", f"value_base64 is not valid Base64: {exc}") from exc
+
+    source = document["source"]
+    return SeenTimeEvent(
+        op=document["op"],
+        key=record_key,
+        value=value,
+        seen_time=document["seen_time"],
+        value_error=document["value_error"],
+        expire_at_ms=document["expire_at_ms"],
+        version_us=document["version_us"],
+        origin=document["origin"],
+        notification=document["notification"],
+        source_server=source["server"],
+        source_db=source["db"],
+        source_run_id=source["run_id"],
+    )
