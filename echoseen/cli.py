@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)``
 and ``run(args, config) -> int``; the module docstring is the subcommand's
-``--help`` description. Exit statuses are defined in :mod:`echoseen.errors`.
+``--help`` description. Only the module of the subcommand being run is
+imported. Exit statuses are defined in :mod:`echoseen.errors`.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """Build the parser; the options of ``selected`` (a subcommand name) are added by importing its module."""
     common = _common_options()
     parser = argparse.ArgumentParser(
         prog="echoseen",
@@ -81,17 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for subcommand in SUBCOMMANDS:
-        module = importlib.import_module(subcommand.module)
+        description = subcommand.summary
+        module = None
+        if subcommand.name == selected:
+            module = importlib.import_module(subcommand.module)
+            description = (module.__doc__ or subcommand.summary).strip()
         subparser = subparsers.add_parser(subcommand.name, parents=[common], help=subcommand.summary,
-                                          description=(module.__doc__ or subcommand.summary).strip(),
+                                          description=description,
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(subparser)
+        if module is not None:
+            module.add_arguments(subparser)
         subparser.set_defaults(module=subcommand.module)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    names = {subcommand.name for subcommand in SUBCOMMANDS}
+    selected = next((token for token in argv if token in names), None)
+    parser = build_parser(selected)
     args = parser.parse_args(argv)
     if not getattr(args, "module", None):
         parser.print_help()

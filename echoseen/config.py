@@ -91,7 +91,7 @@ class RedisConfig:
     force_pttl: bool = setting(False, "Read expiries with PTTL plus TIME even where PEXPIRETIME exists (Redis 7.0+).")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class KafkaConfig:
     bootstrap_servers: str = setting("127.0.0.1:9092", "Kafka bootstrap servers, comma-separated host:port.")
     topic: str = setting("echoseen.seen-times", "Topic of seen-time events (live, catch-up and snapshot).")
@@ -112,6 +112,14 @@ class KafkaConfig:
     sasl_password_env: str = setting("ECHOSEEN_KAFKA_SASL_PASSWORD",
                                      "Environment variable that holds the SASL password when sasl_password_file is "
                                      "empty.", secret_source=True)
+
+    def masked_client(self) -> dict[str, str]:
+        return {key: ("***" if _looks_secret(key) else value) for key, value in self.client.items()}
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{item.name}={self.masked_client() if item.name == 'client' else getattr(self, item.name)!r}"
+                           for item in dataclasses.fields(self))
+        return f"KafkaConfig({fields})"
 
 
 @dataclass(frozen=True)
@@ -173,6 +181,9 @@ class ReplicatorConfig:
     dead_letter_after_s: float = setting(300.0, "A record whose Kask request keeps failing with a 5xx for this long "
                                          "while other requests succeed goes to the dead-letter topic.", "seconds")
     shutdown_timeout_s: float = setting(30.0, "Upper bound on finishing in-flight requests at shutdown.", "seconds")
+    session_timeout_s: float = setting(45.0, "Kafka consumer group session timeout: a replicator that sends no "
+                                       "heartbeat for this long loses its partitions to the other members.",
+                                       "seconds")
     metrics_port: int = setting(9465, "Port of the replicator's /metrics, /healthz and /readyz.")
 
 
@@ -190,6 +201,9 @@ class BackfillConfig:
                                             "the server.", "seconds")
     progress_log_interval_s: float = setting(10.0, "Interval of progress log lines when not on a terminal.",
                                              "seconds")
+    reconnect_timeout_s: float = setting(300.0, "How long the job keeps reconnecting to a Redis server it lost "
+                                         "mid-run before it stops with the checkpoint kept for --resume.",
+                                         "seconds")
 
 
 @dataclass(frozen=True)
@@ -200,6 +214,10 @@ class VerifyConfig:
     recheck_delay_s: float = setting(5.0, "Delay before each recheck round.", "seconds")
     sample_keys: int = setting(10, "Sample keys printed per category.", "keys")
     bad_values_fail: bool = setting(False, "Count bad values in Redis as failures, not only report them.")
+    scan_count: int = setting(1000, "COUNT hint of verify's SCAN calls; also the most keys compared per batch.",
+                              "keys")
+    progress_log_interval_s: float = setting(10.0, "Interval of progress log lines when not on a terminal.",
+                                             "seconds")
 
 
 @dataclass(frozen=True)
@@ -238,15 +256,18 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source_path: str = ""
+    # The environment the configuration was loaded from, where *_env secret sources are looked up.
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False, compare=False)
 
     def redis_password(self) -> Secret:
-        return read_secret(self.redis.password_file, self.redis.password_env, "redis.password_file")
+        return read_secret(self.redis.password_file, self.redis.password_env, "redis.password_file", self.environ)
 
     def kafka_sasl_password(self) -> Secret:
-        return read_secret(self.kafka.sasl_password_file, self.kafka.sasl_password_env, "kafka.sasl_password_file")
+        return read_secret(self.kafka.sasl_password_file, self.kafka.sasl_password_env, "kafka.sasl_password_file",
+                           self.environ)
 
     def kask_hmac_key(self) -> Secret:
-        return read_secret(self.kask.hmac_key_file, self.kask.hmac_key_env, "kask.hmac_key_file")
+        return read_secret(self.kask.hmac_key_file, self.kask.hmac_key_env, "kask.hmac_key_file", self.environ)
 
     def masked(self) -> dict[str, dict[str, Any]]:
         """Return the effective configuration as plain data with secret-bearing client settings masked."""
@@ -254,8 +275,7 @@ class Config:
         for name in SECTIONS:
             section = dataclasses.asdict(getattr(self, name))
             if name == "kafka":
-                section["client"] = {key: ("***" if _looks_secret(key) else value)
-                                     for key, value in section["client"].items()}
+                section["client"] = self.kafka.masked_client()
             if name == "redis":
                 section["servers"] = [mask_url(url) for url in section["servers"]]
             result[name] = section
@@ -268,6 +288,32 @@ class Config:
             rendered = ",".join(f"{key}={_render(value)}" for key, value in values.items())
             parts.append(f"{name}[{rendered}]")
         return " ".join(parts)
+
+
+def to_toml(config: Config) -> str:
+    """Render a configuration as a TOML file that loads back to the same settings (secrets stay in their sources)."""
+    lines = []
+    for section_name in SECTIONS:
+        lines.append(f"[{section_name}]")
+        section = getattr(config, section_name)
+        for item in dataclasses.fields(section):
+            lines.append(f"{item.name} = {_toml_value(getattr(section, item.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(key)} = {_toml_value(item)}" for key, item in value.items()) + " }"
+    raise TypeError(f"cannot render {value!r} as TOML")
 
 
 def _render(value: Any) -> str:
@@ -291,7 +337,8 @@ def mask_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def read_secret(file_setting: str, env_setting: str, setting_name: str) -> Secret:
+def read_secret(file_setting: str, env_setting: str, setting_name: str,
+                environ: Mapping[str, str] | None = None) -> Secret:
     """Read a secret from a file (first line) or, when no file is set, from an environment variable."""
     if file_setting:
         try:
@@ -303,7 +350,7 @@ def read_secret(file_setting: str, env_setting: str, setting_name: str) -> Secre
                 "fix the path or its permissions") from exc
         return Secret(first_line.rstrip("\r\n"))
     if env_setting:
-        return Secret(os.environ.get(env_setting, ""))
+        return Secret((os.environ if environ is None else environ).get(env_setting, ""))
     return Secret("")
 
 
@@ -425,7 +472,7 @@ def load(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] 
                 kwargs[name] = _coerce(section_name, name, hints[name], values[name], from_env=False)
         sections[section_name] = section_type(**kwargs)
 
-    config = Config(**sections, source_path=str(path or ""))
+    config = Config(**sections, source_path=str(path or ""), environ=environ)
     validate(config)
     return config
 
@@ -457,6 +504,10 @@ def validate(config: Config) -> None:
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
             raise ConfigError(f"invalid Redis URL {mask_url(url)!r} in [redis] servers; expected "
                               "redis://host:port/db or rediss://host:port/db")
+        if parts.password is not None:
+            raise ConfigError(f"Redis URL {mask_url(url)!r} in [redis] servers contains a password; put the password "
+                              "in the file named by [redis] password_file or the variable named by password_env, "
+                              "so it is never printed")
         db = parts.path.lstrip("/") or "0"
         if not db.isdigit():
             raise ConfigError(f"invalid database {db!r} in Redis URL {mask_url(url)!r}; the path must be a number")
@@ -487,6 +538,9 @@ def validate(config: Config) -> None:
             raise ConfigError(f"[capture] {name} must be at least 1")
     if config.replicator.max_in_flight < 1:
         raise ConfigError("[replicator] max_in_flight must be at least 1")
+    for name in ("concurrency", "scan_count"):
+        if getattr(config.verify, name) < 1:
+            raise ConfigError(f"[verify] {name} must be at least 1")
 
 
 def redis_db(url: str) -> int:

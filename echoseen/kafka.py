@@ -25,8 +25,13 @@ log = logging.getLogger(__name__)
 DELIVERY_TIMEOUT_MS = 120_000
 
 
+# librdkafka's own log lines go through this logger instead of straight to stderr.
+client_log = logging.getLogger("echoseen.kafka.client")
+
+
 def client_settings(config: Config) -> dict[str, Any]:
-    settings: dict[str, Any] = {"bootstrap.servers": config.kafka.bootstrap_servers}
+    settings: dict[str, Any] = {"bootstrap.servers": config.kafka.bootstrap_servers, "logger": client_log,
+                                "log_level": 4}
     settings.update(config.kafka.client)
     password = config.kafka_sasl_password()
     if password:
@@ -79,8 +84,48 @@ def topic_specs(config: Config) -> list[TopicSpec]:
     ]
 
 
-def describe_topic_problems(config: Config, admin: AdminClient, timeout_s: float = 10.0) -> list[str]:
-    """Return one message per missing or misconfigured topic; an empty list means all is well."""
+@dataclass(frozen=True)
+class TopicProblem:
+    """One way a topic differs from its TopicSpec.
+
+    ``setting`` is "existence", "partitions" or a topic config name. ``blocking``
+    problems stop the daemons from working correctly (a missing topic, a wrong
+    cleanup.policy); the others are drift that `echoseen topics` reports.
+    ``fix`` names what repairs it: "create" (`echoseen topics --create`),
+    "alter" (`echoseen topics --fix`) or "" (no automatic fix).
+    """
+
+    topic: str
+    setting: str
+    expected: str
+    actual: str | None
+    blocking: bool
+    fix: str
+    message: str
+
+
+# Topic configs where a larger value than the expected one is fine (-1 means unlimited).
+_AT_LEAST_CONFIGS = frozenset({"retention.ms", "max.message.bytes", "min.compaction.lag.ms"})
+
+
+def _config_matches(name: str, expected: str, actual: str | None) -> bool:
+    if actual is None:
+        return False
+    if name == "cleanup.policy":
+        return set(actual.replace(" ", "").split(",")) == set(expected.split(","))
+    if name in _AT_LEAST_CONFIGS:
+        try:
+            expected_number, actual_number = int(expected), int(actual)
+        except ValueError:
+            return actual == expected
+        if actual_number == -1:
+            return True
+        return expected_number != -1 and actual_number >= expected_number
+    return actual == expected
+
+
+def check_topics(config: Config, admin: AdminClient, timeout_s: float = 10.0) -> list[TopicProblem]:
+    """Compare every topic the product needs with its TopicSpec: existence, partition count and configs."""
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
@@ -91,24 +136,58 @@ def describe_topic_problems(config: Config, admin: AdminClient, timeout_s: float
     for spec in topic_specs(config):
         topic = metadata.topics.get(spec.name)
         if topic is None or topic.error is not None:
-            problems.append(f"topic {spec.name!r} ({spec.purpose}) does not exist; "
-                            "create it with `echoseen topics --create`")
+            problems.append(TopicProblem(
+                spec.name, "existence", "exists", None, True, "create",
+                f"topic {spec.name!r} ({spec.purpose}) does not exist; create it with `echoseen topics --create`"))
             continue
         present.append(spec)
+        problems.extend(_partition_problems(spec, len(topic.partitions),
+                                            is_event_topic=spec.name == config.kafka.topic))
     if not present:
         return problems
+
     resources = [ConfigResource(ConfigResource.Type.TOPIC, spec.name) for spec in present]
     futures = admin.describe_configs(resources, request_timeout=timeout_s)
     for spec, resource in zip(present, resources):
         try:
             actual = {name: entry.value for name, entry in futures[resource].result().items()}
         except KafkaException as exc:
-            problems.append(f"cannot read the settings of topic {spec.name!r}: {exc.args[0]}")
+            problems.append(TopicProblem(spec.name, "describe", "", None, False, "",
+                                         f"cannot read the settings of topic {spec.name!r}: {exc.args[0]}"))
             continue
-        if spec.config.get("cleanup.policy") == "compact" and actual.get("cleanup.policy") != "compact":
-            problems.append(f"topic {spec.name!r} has cleanup.policy={actual.get('cleanup.policy')}, expected "
-                            "compact; fix it with `echoseen topics --create --fix`")
+        for name, expected in spec.config.items():
+            if _config_matches(name, expected, actual.get(name)):
+                continue
+            expected_text = expected if name not in _AT_LEAST_CONFIGS or expected == "-1" else f"at least {expected}"
+            problems.append(TopicProblem(
+                spec.name, name, expected, actual.get(name), name == "cleanup.policy", "alter",
+                f"topic {spec.name!r} has {name}={actual.get(name)}, expected {expected_text}; fix it with "
+                "`echoseen topics --fix`"))
     return problems
+
+
+def _partition_problems(spec: TopicSpec, actual: int, is_event_topic: bool) -> list[TopicProblem]:
+    # Only the event topic's count is configured ([kafka] partitions); the
+    # single-partition topics work with any count.
+    if not is_event_topic or actual == spec.partitions:
+        return []
+    return [TopicProblem(
+        spec.name, "partitions", str(spec.partitions), str(actual), False, "",
+        f"topic {spec.name!r} has {actual} partitions, [kafka] partitions is {spec.partitions}; `echoseen topics "
+        "--fix` does not change partition counts, because adding partitions moves keys to other partitions and "
+        f"breaks their order: set [kafka] partitions to {actual}, or recreate the topic while nothing uses it")]
+
+
+def describe_topic_problems(config: Config, admin: AdminClient, timeout_s: float = 10.0,
+                            include_drift: bool = False) -> list[str]:
+    """Return one message per missing or misconfigured topic; an empty list means all is well.
+
+    By default only blocking problems are returned (a missing topic or a wrong
+    cleanup.policy), because that is what the daemons check at startup. With
+    ``include_drift`` the partition count and the other settings count too.
+    """
+    return [problem.message for problem in check_topics(config, admin, timeout_s)
+            if problem.blocking or include_drift]
 
 
 def create_topics(config: Config, admin: AdminClient, timeout_s: float = 30.0) -> list[str]:
