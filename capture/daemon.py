@@ -298,7 +298,7 @@ class Capture:
         self.allow_config_set = allow_config_set
         self.instance = uuid.uuid4().hex[:12]
         self.metrics = CaptureMetrics()
-        self.key_filter = KeyFilter(config.redis.key_patterns)
+        self.key_filter = KeyFilter.from_config(config)
         self.runners: dict[Source, SourceRunner] = {}
         self._stop = threading.Event()
         self.health: HealthServer | None = None

@@ -74,18 +74,27 @@ def _bracket_end(pattern: str, start: int) -> int | None:
 
 @dataclass(frozen=True)
 class KeyFilter:
-    """Decide whether a key is watched, using the configured glob patterns."""
+    """Decide whether a key is watched: it matches one of the glob patterns and, when given, the whole-key regex."""
 
     patterns: tuple[str, ...]
+    key_regex: str = ""
 
     def __post_init__(self) -> None:
         if not self.patterns:
             raise ValueError("at least one key pattern is needed")
         combined = "|".join(f"(?:{glob_to_regex(pattern)})" for pattern in self.patterns)
         object.__setattr__(self, "_regex", re.compile(f"(?s:{combined})\\Z".encode("utf-8")))
+        shape = re.compile(f"(?:{self.key_regex})\\Z".encode("utf-8")) if self.key_regex else None
+        object.__setattr__(self, "_shape", shape)
+
+    @classmethod
+    def from_config(cls, config) -> "KeyFilter":
+        return cls(tuple(config.redis.key_patterns), config.redis.key_regex)
 
     def matches(self, key: bytes) -> bool:
-        return self._regex.match(key) is not None  # type: ignore[attr-defined]
+        if self._regex.match(key) is None:  # type: ignore[attr-defined]
+            return False
+        return self._shape is None or self._shape.match(key) is not None  # type: ignore[attr-defined]
 
     def scan_match(self) -> str | None:
         """Return one glob that matches every watched key, for SCAN MATCH; None when only scanning all keys is safe.

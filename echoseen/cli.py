@@ -53,11 +53,7 @@ def run(args: argparse.Namespace, config: config_module.Config) -> int:
         print(json.dumps(masked, indent=2, sort_keys=True))
         return 0
     print(f"# effective configuration from {config.source_path or '(no file: defaults and environment)'}")
-    for section, values in masked.items():
-        print(f"[{section}]")
-        for key, value in values.items():
-            print(f"{key} = {json.dumps(value)}")
-        print()
+    print(config_module.to_toml(config, masked=True))
     for name, reader in (("redis password", config.redis_password), ("Kafka SASL password", config.kafka_sasl_password),
                          ("Kask HMAC key", config.kask_hmac_key)):
         print(f"# {name}: {'set' if reader() else 'not set'}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ ENV_PREFIX = "ECHOSEEN_"
 CONFIG_PATH_ENV = "ECHOSEEN_CONFIG"
 
 ECHO_KEY_PATTERNS = ("*:echo:seen:alert:time:*", "*:echo:seen:message:time:*")
+# MediaWiki escapes ":" inside key components and user ids are integers, so every real Echo seen-time key
+# has exactly this shape; the globs above alone would also accept look-alikes such as "...:time:u5".
+ECHO_KEY_REGEX = r"[^:]+:echo:seen:(alert|message):time:[0-9]+"
 
 
 class Secret:
@@ -86,6 +90,10 @@ class RedisConfig:
         ECHO_KEY_PATTERNS,
         "Glob patterns (Redis MATCH syntax) of the keys to replicate; the defaults are Echo's seen-time keys of "
         "every wiki and of global users, both types.")
+    key_regex: str = setting(
+        ECHO_KEY_REGEX,
+        "Python regular expression a whole key must also match to be replicated; the default accepts exactly "
+        "the shape MediaWiki gives Echo seen-time keys. Empty to rely on key_patterns alone.")
     max_value_bytes: int = setting(1024, "Values larger than this are counted as bad values and not published.",
                                    "bytes")
     force_pttl: bool = setting(False, "Read expiries with PTTL plus TIME even where PEXPIRETIME exists (Redis 7.0+).")
@@ -290,14 +298,18 @@ class Config:
         return " ".join(parts)
 
 
-def to_toml(config: Config) -> str:
-    """Render a configuration as a TOML file that loads back to the same settings (secrets stay in their sources)."""
+def to_toml(config: Config, masked: bool = False) -> str:
+    """Render a configuration as a TOML file that loads back to the same settings.
+
+    Secrets stay in their files and variables; with ``masked`` the secret-looking
+    Kafka client settings are shown as ``***`` too.
+    """
+    sections = config.masked() if masked else {name: dataclasses.asdict(getattr(config, name)) for name in SECTIONS}
     lines = []
-    for section_name in SECTIONS:
+    for section_name, values in sections.items():
         lines.append(f"[{section_name}]")
-        section = getattr(config, section_name)
-        for item in dataclasses.fields(section):
-            lines.append(f"{item.name} = {_toml_value(getattr(section, item.name))}")
+        for name, value in values.items():
+            lines.append(f"{name} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
 
@@ -513,6 +525,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"invalid database {db!r} in Redis URL {mask_url(url)!r}; the path must be a number")
     if not config.redis.key_patterns:
         raise ConfigError("[redis] key_patterns is empty; give at least one glob pattern")
+    try:
+        re.compile(config.redis.key_regex)
+    except re.error as exc:
+        raise ConfigError(f"invalid [redis] key_regex {config.redis.key_regex!r}: {exc}") from exc
     if config.kask.body_format not in ("JSON", "PHP", "legacy"):
         raise ConfigError(f"invalid [kask] body_format {config.kask.body_format!r}; use JSON, PHP or legacy "
                           "(the serialization_type MediaWiki's RESTBagOStuff is configured with)")

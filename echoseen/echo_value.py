@@ -50,8 +50,10 @@ def is_valid_ts_mw(text: str) -> bool:
     """Return True for a 14-digit string that names a real UTC second."""
     if len(text) != 14 or not text.isascii() or not text.isdigit():
         return False
+    # Slicing fixed-width fields is several times faster than strptime on the hot path of every read.
     try:
-        datetime.strptime(text, "%Y%m%d%H%M%S")
+        datetime(int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[8:10]), int(text[10:12]),
+                 int(text[12:14]))
     except ValueError:
         return False
     return True

@@ -123,6 +123,7 @@ class SeenTimeEvent:
 
 def encode(event: SeenTimeEvent) -> tuple[bytes, bytes]:
     """Return the Kafka record key and value for an event."""
+    # NOTE: assembling the JSON text by hand measured slower than json.dumps, whose encoder is in C.
     payload = json.dumps(event.to_json_dict(), separators=(",", ":"), ensure_ascii=False)
     return event.key, payload.encode("utf-8")
 

@@ -208,11 +208,12 @@ def latest_events(bootstrap: str, topic: str) -> dict[bytes, events.SeenTimeEven
     return latest
 
 
-def redis_watched_state(client, patterns=config_module.ECHO_KEY_PATTERNS) -> dict[bytes, bytes]:
+def redis_watched_state(client, patterns=config_module.ECHO_KEY_PATTERNS,
+                        key_regex=config_module.ECHO_KEY_REGEX) -> dict[bytes, bytes]:
     """Every watched key in a Redis database with its value."""
     from capture.patterns import KeyFilter
 
-    key_filter = KeyFilter(tuple(patterns))
+    key_filter = KeyFilter(tuple(patterns), key_regex)
     state = {}
     for key in client.scan_iter(match=key_filter.scan_match() or "*", count=5000):
         if key_filter.matches(key) and client.type(key) == b"string":

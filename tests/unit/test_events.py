@@ -29,6 +29,16 @@ def test_encoded_event_passes_reference_validator(event):
     assert events.decode(key, value) == event
 
 
+@pytest.mark.parametrize("event", [
+    make_event(),
+    make_event(key='x:"quoted"\\:\n'.encode(), notification=None, expire_at_ms=None),
+    make_event(op="delete", value=None, seen_time=None, expire_at_ms=None, notification="del"),
+])
+def test_encode_equals_dict_form(event):
+    _, value = events.encode(event)
+    assert json.loads(value) == event.to_json_dict()
+
+
 def test_non_utf8_key_escaped_in_text():
     event = make_event(key=b"enwiki:echo:seen:alert:time:\xff")
     key, value = events.encode(event)

@@ -1,9 +1,9 @@
 import pytest
 
 from capture.patterns import KeyFilter, glob_to_regex, missing_flags
-from echoseen.config import ECHO_KEY_PATTERNS
+from echoseen.config import ECHO_KEY_PATTERNS, ECHO_KEY_REGEX
 
-ECHO = KeyFilter(ECHO_KEY_PATTERNS)
+ECHO = KeyFilter(ECHO_KEY_PATTERNS, ECHO_KEY_REGEX)
 
 
 @pytest.mark.parametrize("key", [
@@ -21,6 +21,9 @@ def test_echo_filter_accepts_seen_time_keys(key):
     b"enwiki:echo:seen:notice:time:5",
     b"enwiki:page-view-count:5",
     b"echoseen:capture:heartbeat:abc:1",
+    b"enwiki:echo:seen:alert:time:u123",
+    b"enwiki:echo:seen:message:time:123:extra",
+    b"en:wiki:echo:seen:alert:time:5",
 ])
 def test_echo_filter_rejects_other_keys(key):
     assert not ECHO.matches(key)
