@@ -18,15 +18,25 @@ pytestmark = pytest.mark.stack
 
 
 @pytest.fixture
+def started_daemons():
+    """Every capture a test starts, stopped after it even when an assertion failed."""
+    daemons: list[Daemon] = []
+    yield daemons
+    for daemon in daemons:
+        daemon.ensure_stopped()
+
+
+@pytest.fixture
 def cluster(tmp_path):
     cluster = start_redis_cluster(tmp_path / "cluster", primaries=3)
     yield cluster
     cluster.stop()
 
 
-def start_capture(tmp_path, config, name="capture") -> Daemon:
+def start_capture(tmp_path, config, started: list, name="capture") -> Daemon:
     create_topics(config, admin_client(config))
     daemon = Daemon(tmp_path / name, "capture", config).start()
+    started.append(daemon)
     daemon.wait_ready()
     return daemon
 
@@ -59,9 +69,9 @@ def cluster_state(client: redis.cluster.RedisCluster) -> dict[bytes, bytes]:
     return state
 
 
-def test_cluster_primaries_all_captured(cluster, make_config, kafka_server, tmp_path):
+def test_cluster_primaries_all_captured(cluster, make_config, kafka_server, tmp_path, started_daemons):
     config = fast_capture(make_config, kafka_server, [cluster.nodes[0].url], cluster_mode=True)
-    daemon = start_capture(tmp_path, config)
+    daemon = start_capture(tmp_path, config, started_daemons)
     assert daemon.log().count("connected to Redis") == 3
 
     client = cluster.client()
@@ -76,9 +86,9 @@ def test_cluster_primaries_all_captured(cluster, make_config, kafka_server, tmp_
     assert daemon.stop() == 0
 
 
-def test_cluster_failover_followed(cluster, make_config, kafka_server, tmp_path):
+def test_cluster_failover_followed(cluster, make_config, kafka_server, tmp_path, started_daemons):
     config = fast_capture(make_config, kafka_server, [cluster.nodes[0].url], cluster_mode=True)
-    daemon = start_capture(tmp_path, config)
+    daemon = start_capture(tmp_path, config, started_daemons)
     client = cluster.client()
 
     # A replica of the first primary, which then takes over by a manual failover.
@@ -143,11 +153,11 @@ def test_cluster_failover_followed(cluster, make_config, kafka_server, tmp_path)
         replica.stop()
 
 
-def test_redis_restart_noticed(make_config, kafka_server, tmp_path):
+def test_redis_restart_noticed(make_config, kafka_server, tmp_path, started_daemons):
     server = start_redis(tmp_path / "redis")
     try:
         config = fast_capture(make_config, kafka_server, [server.url], cluster_mode=False)
-        daemon = start_capture(tmp_path, config)
+        daemon = start_capture(tmp_path, config, started_daemons)
         client = server.client()
         for index in range(500):
             client.set(f"enwiki:echo:seen:alert:time:{index}", now_value(), ex=3600)
