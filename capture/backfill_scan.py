@@ -222,7 +222,9 @@ class ScanFeed(threading.Thread):
         except redis.RedisError as exc:
             # Errors that reconnecting cannot fix, such as NOPERM for an ACL user without SCAN or EVALSHA.
             text = str(exc)
-            if any(code in text for code in ("NOPERM", "NOAUTH", "WRONGPASS")):
+            # redis-py drops the NOPERM and WRONGPASS prefixes from the text of the exceptions it maps them to.
+            if isinstance(exc, (redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationError)) \
+                    or any(code in text for code in ("NOPERM", "NOAUTH", "WRONGPASS")):
                 message = describe_connect_error(self.source, exc)
             else:
                 message = f"Redis {self.source.address} failed a command of the scan: {text}"

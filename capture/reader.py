@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import redis
 
@@ -64,6 +65,12 @@ return {now[1], now[2], states}
 READ_SCRIPT_REDIS7 = "#!lua flags=no-writes\n" + _SCRIPT_BODY
 READ_SCRIPT_LEGACY = _SCRIPT_BODY
 
+# Redis 7 runs the script with EVALSHA_RO, whose ACL check needs only read
+# access to the keys (%R~): EVALSHA declares its keys read-write, so an ACL
+# user would need write access to every Echo key just to read them.
+READ_ONLY_EVALSHA = "EVALSHA_RO"
+LEGACY_EVALSHA = "EVALSHA"
+
 
 @dataclass(frozen=True, slots=True)
 class KeyState:
@@ -81,7 +88,14 @@ class KeyState:
     def decoded(self, max_value_bytes: int) -> echo_value.Decoded:
         if self.bad_reason is not None:
             return echo_value.Decoded(None, echo_value.BadValue(self.bad_reason))
-        return echo_value.decode(self.value or b"", max_value_bytes)
+        return _decode_value(self.value or b"", max_value_bytes)
+
+
+# Echo writes "now", so every key written within the same second holds the same value, and the live capture
+# decodes each value many times in a row. Decoded is immutable, so one result can be shared.
+@lru_cache(maxsize=1024)
+def _decode_value(value: bytes, max_value_bytes: int) -> echo_value.Decoded:
+    return echo_value.decode(value, max_value_bytes)
 
 
 def server_version(client: redis.Redis) -> tuple[int, ...]:
@@ -101,6 +115,7 @@ class KeyReader:
         self.redis7 = version >= (7, 0)
         self.use_pexpiretime = self.redis7 and not force_pttl
         self._script = READ_SCRIPT_REDIS7 if self.redis7 else READ_SCRIPT_LEGACY
+        self._evalsha = READ_ONLY_EVALSHA if self.redis7 else LEGACY_EVALSHA
         self._sha = self.client.script_load(self._script)
 
     def read(self, keys: Sequence[bytes]) -> list[KeyState]:
@@ -117,13 +132,13 @@ class KeyReader:
     def _run(self, keys: Sequence[bytes]) -> list[KeyState]:
         args = (str(self.max_value_bytes), "1" if self.use_pexpiretime else "0")
         if not self.source.cluster:
-            seconds, micros, entries = self.client.evalsha(self._sha, len(keys), *keys, *args)
+            seconds, micros, entries = self.client.execute_command(self._evalsha, self._sha, len(keys), *keys, *args)
             server_time_us = int(seconds) * 1_000_000 + int(micros)
             return [self._state(key, entry, server_time_us) for key, entry in zip(keys, entries)]
 
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
-            pipe.evalsha(self._sha, 1, key, *args)
+            pipe.execute_command(self._evalsha, self._sha, 1, key, *args)
         replies = pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, Exception):

@@ -9,6 +9,7 @@ SCAN, and keyspace notifications are local to the node that holds the key.
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -84,17 +85,31 @@ def connect(config: Config, source: Source, *, retries: int = 1, client_name: st
 def describe_connect_error(source: Source, exc: Exception) -> str:
     """Turn a redis-py error at connect time into a message that names the setting to fix."""
     text = str(exc)
+    # redis-py raises AuthenticationError for NOAUTH too, with the text "Authentication required."
+    if "NOAUTH" in text or "Authentication required" in text:
+        return (f"Redis {source.address} requires a password: {text}; set [redis] password_file or the "
+                "variable named by password_env")
     if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in text or "invalid username-password" in text:
         return (f"Redis {source.address} rejected the credentials: {text}; check [redis] username and the "
                 "password in [redis] password_file or the variable named by password_env")
-    if isinstance(exc, redis.ResponseError) and "NOAUTH" in text:
-        return (f"Redis {source.address} requires a password: {text}; set [redis] password_file or the "
-                "variable named by password_env")
-    if isinstance(exc, redis.ResponseError) and "NOPERM" in text:
-        return (f"Redis {source.address}: the ACL user lacks a permission: {text}; see the ACL example in the "
-                "runbook")
+    # redis-py raises a NOPERM reply as NoPermissionError and drops "NOPERM" from its text.
+    if isinstance(exc, redis.exceptions.NoPermissionError) or "NOPERM" in text:
+        return (f"Redis {source.address}: the ACL user lacks a permission: {text}; compare the user's ACL with "
+                "the one in docs/security.md")
+    if source.tls and _is_tls_failure(exc):
+        return (f"the TLS handshake with Redis {source.address} failed: {text}; check [redis] tls_ca_file (the CA "
+                "that signed the server's certificate) and, when the server requires client certificates "
+                "(tls-auth-clients), [redis] tls_cert_file and tls_key_file")
     return (f"cannot connect to Redis {source.address} (from [redis] servers): {text}; check that the server "
-            "runs and the address is right")
+            "runs, the address is right and the URL scheme matches the port (rediss:// for a TLS port)")
+
+
+def _is_tls_failure(exc: Exception) -> bool:
+    # redis-py wraps ssl.SSLError in its ConnectionError and keeps only the text. "_ssl.c" marks errors raised by
+    # the ssl module, such as the EOF a server sends after rejecting a client without a certificate.
+    cause = exc.__cause__ or exc.__context__
+    text = str(exc)
+    return isinstance(cause, ssl.SSLError) or "SSL" in text or "_ssl.c" in text or "certificate" in text
 
 
 def ping(config: Config, source: Source) -> dict:

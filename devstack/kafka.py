@@ -17,10 +17,18 @@ The first start formats data/ with kafka.tools.StorageTool --standalone. A later
 start_kafka() on the same directory keeps the data (topics, records, committed
 offsets) and reuses the stored ports while they are free, so clients can keep
 their bootstrap address.
+
+With ``sasl_ssl`` the node also gets a SASL_SSL listener: TLS with a
+certificate from a private CA (a PEM keystore, ``ssl.keystore.type=PEM``) and
+SCRAM users written into the metadata log at format time (``--add-scram``).
+The PLAINTEXT client listener, the controller listener and inter-broker
+traffic stay plain on 127.0.0.1, so the SCRAM credentials never gate the
+node's own metadata traffic. Its files are in tls/ of the work directory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import functools
 import json
@@ -39,9 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, ScramCredentialInfo, ScramMechanism, \
+    UserScramCredentialUpsertion
 
 from devstack.process import LOOPBACK, ManagedProcess, StackError, cache_dir, free_port, port_is_open, run_checked
+from devstack.tls import TlsFiles, make_tls_files, write_pem_keystore
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +231,45 @@ def _download_jars(kafka_version: str, log4j_version: str, version_dir: Path, li
 class KafkaPorts:
     broker: int
     controller: int
+    sasl_ssl: int | None = None
+
+
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+# The iteration count kafka-storage --add-scram uses when none is given.
+SCRAM_ITERATIONS = 4096
+# Characters the --add-scram parser of kafka-storage treats as syntax.
+_SCRAM_SYNTAX_CHARACTERS = frozenset(',[]="\\')
+
+
+@dataclass(frozen=True)
+class SaslSslSettings:
+    """An extra SASL_SSL listener on 127.0.0.1: SCRAM authentication inside TLS.
+
+    ``users`` maps SCRAM user names to passwords. They are created when the
+    storage is formatted, and set through the Admin API when a formatted node
+    starts again. ``tls`` contains the CA and the server certificate, and None
+    makes a new CA in workdir/tls on every start. ``port`` None picks a free
+    port or reuses the stored one.
+    """
+
+    users: Mapping[str, str]
+    mechanism: str = "SCRAM-SHA-512"
+    tls: TlsFiles | None = None
+    port: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in SCRAM_MECHANISMS:
+            raise ValueError(f"mechanism {self.mechanism!r} is not supported; use one of {', '.join(SCRAM_MECHANISMS)}")
+        if not self.users:
+            raise ValueError("users must name at least one SCRAM user, e.g. {'echoseen': 'a-password'}")
+        for name, password in self.users.items():
+            for label, value in (("user name", name), ("password", password)):
+                if not value or any(character.isspace() or character in _SCRAM_SYNTAX_CHARACTERS
+                                    for character in value):
+                    # The value itself stays out of the message because it may be a password.
+                    raise ValueError(f"the SCRAM {label} of user #{list(self.users).index(name) + 1} is empty or "
+                                     "contains whitespace or one of , [ ] = \" \\, which kafka-storage --add-scram "
+                                     "reads as syntax")
 
 
 def _new_cluster_id() -> str:
@@ -234,15 +283,19 @@ def _new_cluster_id() -> str:
 
 
 def _server_properties(workdir: Path, ports: KafkaPorts,
-                       extra_properties: Mapping[str, str] | None) -> dict[str, str]:
+                       extra_properties: Mapping[str, str] | None,
+                       sasl_ssl: SaslSslSettings | None = None, keystore_path: Path | None = None) -> dict[str, str]:
     broker = f"{LOOPBACK}:{ports.broker}"
     controller = f"{LOOPBACK}:{ports.controller}"
+    listeners = f"PLAINTEXT://{broker},CONTROLLER://{controller}"
+    if sasl_ssl is not None:
+        listeners += f",SASL_SSL://{LOOPBACK}:{ports.sasl_ssl}"
     properties = {
         "process.roles": "broker,controller",
         "node.id": str(NODE_ID),
         "controller.quorum.bootstrap.servers": controller,
-        "listeners": f"PLAINTEXT://{broker},CONTROLLER://{controller}",
-        "advertised.listeners": f"PLAINTEXT://{broker},CONTROLLER://{controller}",
+        "listeners": listeners,
+        "advertised.listeners": listeners,
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": (
@@ -271,6 +324,8 @@ def _server_properties(workdir: Path, ports: KafkaPorts,
         "broker.heartbeat.interval.ms": "1000",
         "broker.session.timeout.ms": "6000",
     }
+    if sasl_ssl is not None:
+        properties.update(_sasl_ssl_properties(sasl_ssl, keystore_path))
     for key, value in (extra_properties or {}).items():
         if key in MANAGED_PROPERTIES:
             raise ValueError(
@@ -281,15 +336,39 @@ def _server_properties(workdir: Path, ports: KafkaPorts,
     return properties
 
 
+def _sasl_ssl_properties(sasl_ssl: SaslSslSettings, keystore_path: Path | None) -> dict[str, str]:
+    """Return the settings of the SASL_SSL listener; they only apply to it (listener.name.sasl_ssl.*)."""
+    if keystore_path is None:
+        raise ValueError("a SASL_SSL listener needs the path of its PEM keystore")
+    prefix = "listener.name.sasl_ssl."
+    mechanism = sasl_ssl.mechanism.lower()
+    return {
+        f"{prefix}sasl.enabled.mechanisms": sasl_ssl.mechanism,
+        # The server side of SCRAM needs no options: it checks clients against the credentials in the metadata log.
+        f"{prefix}{mechanism}.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        # Kafka 2.7 and later read a PEM file with the private key followed by the certificate chain.
+        f"{prefix}ssl.keystore.type": "PEM",
+        f"{prefix}ssl.keystore.location": str(keystore_path),
+        f"{prefix}ssl.client.auth": "none",
+    }
+
+
 def _write_properties(path: Path, properties: Mapping[str, str]) -> None:
     lines = ["# Written by devstack.kafka on every start; edit extra_properties instead."]
     lines += [f"{key}={value}" for key, value in properties.items()]
     path.write_text("\n".join(lines) + "\n")
 
 
-def _format_storage(libs_dir: Path, properties_path: Path) -> None:
+def _format_storage(libs_dir: Path, properties_path: Path, sasl_ssl: SaslSslSettings | None = None) -> None:
     cluster_id = _new_cluster_id()
     log.info("formatting Kafka storage for %s with cluster id %s", properties_path, cluster_id)
+    scram_options: list[str] = []
+    if sasl_ssl is not None:
+        for name, password in sasl_ssl.users.items():
+            scram_options += ["--add-scram", f"{sasl_ssl.mechanism}=[name={name},password={password}]"]
+        log.info("adding %s users %s at format time", sasl_ssl.mechanism, ", ".join(sasl_ssl.users))
+    # NOTE: --add-scram puts the passwords on the tool's command line, where other local users can see
+    # them while it runs. That is acceptable for throwaway test credentials only.
     run_checked(
         [
             java_executable(),
@@ -301,6 +380,7 @@ def _format_storage(libs_dir: Path, properties_path: Path) -> None:
             "--config", str(properties_path),
             "--cluster-id", cluster_id,
             "--standalone",
+            *scram_options,
         ],
         "Kafka storage format (kafka.tools.StorageTool)",
         timeout_s=FORMAT_TIMEOUT_S,
@@ -314,13 +394,22 @@ def _is_formatted(workdir: Path) -> bool:
 def _read_ports(workdir: Path) -> KafkaPorts | None:
     try:
         stored = json.loads((workdir / "ports.json").read_text())
-        return KafkaPorts(broker=int(stored["broker"]), controller=int(stored["controller"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        sasl_ssl = stored.get("sasl_ssl")
+        return KafkaPorts(broker=int(stored["broker"]), controller=int(stored["controller"]),
+                          sasl_ssl=int(sasl_ssl) if sasl_ssl is not None else None)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
-def _choose_ports(workdir: Path, port: int | None) -> KafkaPorts:
-    """Pick the broker and controller ports, reusing the ones stored in ``workdir`` while they are free."""
+def _write_ports(workdir: Path, ports: KafkaPorts) -> None:
+    stored = {"broker": ports.broker, "controller": ports.controller}
+    if ports.sasl_ssl is not None:
+        stored["sasl_ssl"] = ports.sasl_ssl
+    (workdir / "ports.json").write_text(json.dumps(stored) + "\n")
+
+
+def _choose_ports(workdir: Path, port: int | None, sasl_ssl: SaslSslSettings | None = None) -> KafkaPorts:
+    """Pick the broker, controller and SASL_SSL ports, reusing the ones stored in ``workdir`` while they are free."""
     stored = _read_ports(workdir)
 
     def stored_or_free(stored_port: int | None) -> int:
@@ -338,7 +427,18 @@ def _choose_ports(workdir: Path, port: int | None) -> KafkaPorts:
 
     while broker_port == controller_port:
         controller_port = free_port()
-    return KafkaPorts(broker=broker_port, controller=controller_port)
+
+    sasl_ssl_port = None
+    if sasl_ssl is not None:
+        if sasl_ssl.port is None:
+            sasl_ssl_port = stored_or_free(stored.sasl_ssl if stored else None)
+        elif port_is_open(sasl_ssl.port):
+            raise StackError(f"Kafka SASL_SSL port {sasl_ssl.port} on {LOOPBACK} is in use; pass another port or None")
+        else:
+            sasl_ssl_port = sasl_ssl.port
+        while sasl_ssl_port in (broker_port, controller_port):
+            sasl_ssl_port = free_port()
+    return KafkaPorts(broker=broker_port, controller=controller_port, sasl_ssl=sasl_ssl_port)
 
 
 # ---------------------------------------------------------------------------
@@ -361,10 +461,38 @@ class KafkaServer:
     properties_path: Path
     process: ManagedProcess | None = None
     last_startup_s: float | None = field(default=None, repr=False)
+    # The SASL_SSL listener's settings, with ``tls`` filled in; None without that listener.
+    sasl_ssl: SaslSslSettings | None = field(default=None, repr=False)
 
     @property
     def bootstrap(self) -> str:
+        """The PLAINTEXT listener, which needs no credentials."""
         return f"{LOOPBACK}:{self.ports.broker}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """The SASL_SSL listener; StackError when the node has none."""
+        if self.sasl_ssl is None or self.ports.sasl_ssl is None:
+            raise StackError(f"Kafka at {self.bootstrap} has no SASL_SSL listener; start it with sasl_ssl=...")
+        return f"{LOOPBACK}:{self.ports.sasl_ssl}"
+
+    def sasl_ssl_client_settings(self, username: str, password: str | None = None) -> dict[str, str]:
+        """Return librdkafka settings for the SASL_SSL listener as ``username``.
+
+        ``password`` defaults to the user's password from the settings. The
+        certificate is checked against the private CA, host name included.
+        """
+        bootstrap = self.sasl_ssl_bootstrap
+        if username not in self.sasl_ssl.users and password is None:
+            raise StackError(f"no SCRAM user {username!r} on Kafka at {bootstrap}; pass a password or add the user")
+        return {
+            "bootstrap.servers": bootstrap,
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": self.sasl_ssl.mechanism,
+            "sasl.username": username,
+            "sasl.password": password if password is not None else self.sasl_ssl.users[username],
+            "ssl.ca.location": str(self.sasl_ssl.tls.ca_cert_path),
+        }
 
     @property
     def log_path(self) -> Path:
@@ -411,6 +539,8 @@ class KafkaServer:
         def serves_metadata() -> bool:
             if not port_is_open(self.ports.broker):
                 return False
+            if self.ports.sasl_ssl is not None and not port_is_open(self.ports.sasl_ssl):
+                return False
             return len(admin.list_topics(timeout=2).brokers) > 0
 
         try:
@@ -418,8 +548,10 @@ class KafkaServer:
         except StackError:
             self.process.stop(timeout_s=5)
             raise
-        log.info("Kafka %s ready at %s in %.1f s (pid %d, server log %s)",
-                 KAFKA_VERSION, self.bootstrap, self.last_startup_s, self.process.pid, self.server_log_path)
+        log.info("Kafka %s ready at %s%s in %.1f s (pid %d, server log %s)",
+                 KAFKA_VERSION, self.bootstrap,
+                 f" and SASL_SSL {LOOPBACK}:{self.ports.sasl_ssl}" if self.ports.sasl_ssl is not None else "",
+                 self.last_startup_s, self.process.pid, self.server_log_path)
         return self.last_startup_s
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
@@ -451,31 +583,61 @@ class KafkaServer:
 
 def start_kafka(workdir: Path, port: int | None = None,
                 extra_properties: Mapping[str, str] | None = None,
-                timeout_s: float = READY_TIMEOUT_S) -> KafkaServer:
+                timeout_s: float = READY_TIMEOUT_S, *,
+                sasl_ssl: SaslSslSettings | None = None) -> KafkaServer:
     """Start a combined broker and controller node in ``workdir`` and wait until it serves metadata.
 
     ``port`` is the client (PLAINTEXT) port; None picks a free one, or reuses the
     port stored in ``workdir`` from an earlier start if it is free. The first start
     formats ``workdir/data``; later starts reuse it with its topics and offsets.
     ``extra_properties`` override the defaults of server.properties, except the
-    keys in MANAGED_PROPERTIES.
+    keys in MANAGED_PROPERTIES. ``sasl_ssl`` adds a SASL_SSL listener with SCRAM users.
     """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     libs_dir = ensure_kafka_jars()
 
-    ports = _choose_ports(workdir, port)
-    properties = _server_properties(workdir, ports, extra_properties)
+    keystore_path = None
+    if sasl_ssl is not None:
+        if sasl_ssl.tls is None:
+            sasl_ssl = dataclasses.replace(sasl_ssl, tls=make_tls_files(workdir / "tls"))
+        keystore_path = write_pem_keystore(sasl_ssl.tls, workdir / "tls" / "kafka-keystore.pem")
+
+    ports = _choose_ports(workdir, port, sasl_ssl)
+    properties = _server_properties(workdir, ports, extra_properties, sasl_ssl, keystore_path)
     properties_path = workdir / "server.properties"
     _write_properties(properties_path, properties)
-    (workdir / "ports.json").write_text(json.dumps({"broker": ports.broker, "controller": ports.controller}) + "\n")
+    _write_ports(workdir, ports)
 
-    if not _is_formatted(workdir):
-        _format_storage(libs_dir, properties_path)
+    formatted_before = _is_formatted(workdir)
+    if not formatted_before:
+        _format_storage(libs_dir, properties_path, sasl_ssl)
 
-    server = KafkaServer(workdir=workdir, ports=ports, libs_dir=libs_dir, properties_path=properties_path)
+    server = KafkaServer(workdir=workdir, ports=ports, libs_dir=libs_dir, properties_path=properties_path,
+                         sasl_ssl=sasl_ssl)
     server.start(timeout_s=timeout_s)
+    if sasl_ssl is not None and formatted_before:
+        # --add-scram only works on an unformatted directory; later starts set the passwords through the Admin API.
+        upsert_scram_users(server.bootstrap, sasl_ssl)
     return server
+
+
+def upsert_scram_users(bootstrap: str, sasl_ssl: SaslSslSettings, timeout_s: float = 30.0) -> None:
+    """Create or update the SCRAM credentials of ``sasl_ssl.users`` with the Admin API (AlterUserScramCredentials)."""
+    mechanism = ScramMechanism.SCRAM_SHA_512 if sasl_ssl.mechanism == "SCRAM-SHA-512" else ScramMechanism.SCRAM_SHA_256
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    upsertions = [
+        UserScramCredentialUpsertion(name, ScramCredentialInfo(mechanism, SCRAM_ITERATIONS), password.encode())
+        for name, password in sasl_ssl.users.items()
+    ]
+    futures = admin.alter_user_scram_credentials(upsertions, request_timeout=timeout_s)
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            raise StackError(f"setting the {sasl_ssl.mechanism} credentials of user {name!r} on {bootstrap} "
+                             f"failed: {exc}") from exc
+    log.info("set %s credentials of %s on %s", sasl_ssl.mechanism, ", ".join(sasl_ssl.users), bootstrap)
 
 
 # ---------------------------------------------------------------------------

@@ -14,15 +14,12 @@ Layout of a server's work directory:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import secrets
 import shutil
 import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote
 
@@ -33,6 +30,8 @@ from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.retry import Retry
 
 from devstack.process import LOOPBACK, ManagedProcess, StackError, free_port, port_is_open, run_checked
+# The TLS helpers moved to devstack.tls; they stay importable from here for existing callers.
+from devstack.tls import CertificateFiles, TlsFiles, make_tls_files  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -62,190 +61,6 @@ def redis_cli_executable() -> str:
 
 
 # ---------------------------------------------------------------------------
-# TLS files
-# ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """PEM files of a private CA and of a server certificate signed by it (key unencrypted, PKCS#8)."""
-
-    ca_cert_path: Path
-    cert_path: Path
-    key_path: Path
-
-
-def make_tls_files(directory: Path, hosts: Sequence[str] = (LOOPBACK, "localhost"),
-                   valid_days: int = 30) -> TlsFiles:
-    """Create a private CA and a server certificate for ``hosts`` in ``directory``, replacing older files.
-
-    The first host is the certificate's common name, and every host becomes a
-    subjectAltName (IP or DNS). The ``cryptography`` package makes the files
-    when it is installed, else the ``openssl`` command does.
-    """
-    if not hosts:
-        raise ValueError("hosts must name at least one IP address or DNS name for the server certificate")
-    directory = Path(directory).resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    files = TlsFiles(
-        ca_cert_path=directory / "ca.crt",
-        cert_path=directory / "server.crt",
-        key_path=directory / "server.key",
-    )
-
-    try:
-        import cryptography  # noqa: F401 - only checks that the package is installed
-    except ImportError:
-        if shutil.which("openssl") is None:
-            raise StackError(
-                "making TLS files needs the Python package cryptography or the openssl command; "
-                "install one (apt-get install -y openssl)"
-            ) from None
-        _make_tls_files_with_openssl(files, directory / "ca.key", list(hosts), valid_days)
-    else:
-        _make_tls_files_with_cryptography(files, directory / "ca.key", list(hosts), valid_days)
-
-    files.key_path.chmod(0o600)
-    (directory / "ca.key").chmod(0o600)
-    return files
-
-
-def _is_ip_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _make_tls_files_with_cryptography(files: TlsFiles, ca_key_path: Path, hosts: list[str],
-                                      valid_days: int) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    # Backdated a minute, so a certificate used at once is valid despite small clock differences.
-    not_before = datetime.now(timezone.utc) - timedelta(minutes=1)
-    not_after = not_before + timedelta(days=valid_days)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "echoseen devstack CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                          encipher_only=False, decipher_only=False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    alt_names = [
-        x509.IPAddress(ipaddress.ip_address(host)) if _is_ip_address(host) else x509.DNSName(host)
-        for host in hosts
-    ]
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                          encipher_only=False, decipher_only=False),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
-        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
-
-    ca_key_path.write_bytes(private_pem(ca_key))
-    files.ca_cert_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.key_path.write_bytes(private_pem(server_key))
-    files.cert_path.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-
-
-def _make_tls_files_with_openssl(files: TlsFiles, ca_key_path: Path, hosts: list[str], valid_days: int) -> None:
-    directory = files.cert_path.parent
-    openssl = shutil.which("openssl")
-    alt_names = ",".join(f"IP:{host}" if _is_ip_address(host) else f"DNS:{host}" for host in hosts)
-
-    # Own configuration files, so the system's openssl.cnf cannot add or duplicate extensions.
-    ca_config = directory / "ca.cnf"
-    ca_config.write_text(
-        "[req]\n"
-        "prompt = no\n"
-        "distinguished_name = ca_name\n"
-        "x509_extensions = ca_extensions\n"
-        "[ca_name]\n"
-        "CN = echoseen devstack CA\n"
-        "[ca_extensions]\n"
-        "basicConstraints = critical,CA:TRUE,pathlen:0\n"
-        "keyUsage = critical,keyCertSign,cRLSign\n"
-        "subjectKeyIdentifier = hash\n"
-    )
-    server_config = directory / "server.cnf"
-    server_config.write_text(
-        "[req]\n"
-        "prompt = no\n"
-        "distinguished_name = server_name\n"
-        "[server_name]\n"
-        f"CN = {hosts[0]}\n"
-        "[server_extensions]\n"
-        "basicConstraints = critical,CA:FALSE\n"
-        "keyUsage = critical,digitalSignature\n"
-        "extendedKeyUsage = serverAuth,clientAuth\n"
-        f"subjectAltName = {alt_names}\n"
-        "subjectKeyIdentifier = hash\n"
-        "authorityKeyIdentifier = keyid\n"
-    )
-    request_path = directory / "server.csr"
-    key_options = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-
-    run_checked(
-        [openssl, "req", "-x509", "-config", str(ca_config), *key_options,
-         "-keyout", str(ca_key_path), "-out", str(files.ca_cert_path), "-days", str(valid_days)],
-        "openssl: create the CA certificate",
-    )
-    run_checked(
-        [openssl, "req", "-new", "-config", str(server_config), *key_options,
-         "-keyout", str(files.key_path), "-out", str(request_path)],
-        "openssl: create the server certificate request",
-    )
-    run_checked(
-        [openssl, "x509", "-req", "-in", str(request_path),
-         "-CA", str(files.ca_cert_path), "-CAkey", str(ca_key_path),
-         "-set_serial", str(secrets.randbits(63)), "-days", str(valid_days), "-sha256",
-         "-extfile", str(server_config), "-extensions", "server_extensions",
-         "-out", str(files.cert_path)],
-        "openssl: sign the server certificate",
-    )
-    request_path.unlink()
-
-
-# ---------------------------------------------------------------------------
 # One server
 # ---------------------------------------------------------------------------
 
@@ -269,6 +84,8 @@ class RedisServer:
     process: ManagedProcess | None = None
     last_startup_s: float | None = field(default=None, repr=False)
     host: str = LOOPBACK
+    # The certificate client() presents when the server requires client certificates (tls-auth-clients yes).
+    client_certificate: CertificateFiles | None = None
 
     @property
     def url(self) -> str:
@@ -289,6 +106,9 @@ class RedisServer:
         options: dict = {"host": self.host, "port": self.port, "password": self.password}
         if self.tls is not None:
             options.update(ssl=True, ssl_ca_certs=str(self.tls.ca_cert_path), ssl_cert_reqs="required")
+            if self.client_certificate is not None:
+                options.update(ssl_certfile=str(self.client_certificate.cert_path),
+                               ssl_keyfile=str(self.client_certificate.key_path))
         options.update(kwargs)
         return redis.Redis(**options)
 
@@ -363,7 +183,7 @@ class RedisServer:
 
 def _redis_config(workdir: Path, port: int, notify_keyspace_events: str | None, password: str | None,
                   acl_file: Path | None, tls: TlsFiles | None,
-                  extra_config: Mapping[str, str] | None) -> dict[str, str]:
+                  extra_config: Mapping[str, str] | None, tls_auth_clients: bool = False) -> dict[str, str]:
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     config = {
@@ -392,7 +212,8 @@ def _redis_config(workdir: Path, port: int, notify_keyspace_events: str | None, 
         config["tls-cert-file"] = str(tls.cert_path)
         config["tls-key-file"] = str(tls.key_path)
         config["tls-ca-cert-file"] = str(tls.ca_cert_path)
-        config["tls-auth-clients"] = "no"
+        # With "yes" a client must present a certificate signed by the same CA.
+        config["tls-auth-clients"] = "yes" if tls_auth_clients else "no"
     for key, value in (extra_config or {}).items():
         config[key] = str(value)
     return config
@@ -412,19 +233,25 @@ def start_redis(workdir: Path, port: int | None = None,
                 notify_keyspace_events: str | None = DEFAULT_NOTIFY_KEYSPACE_EVENTS,
                 password: str | None = None, acl_file: Path | None = None, tls: TlsFiles | None = None,
                 extra_config: Mapping[str, str] | None = None,
-                timeout_s: float = READY_TIMEOUT_S) -> RedisServer:
+                timeout_s: float = READY_TIMEOUT_S, *,
+                tls_client_certificate: CertificateFiles | None = None) -> RedisServer:
     """Start redis-server in ``workdir`` on ``port`` (None picks a free one) and wait until it answers PING.
 
     ``notify_keyspace_events`` is the server's notify-keyspace-events flags
     (None or "" turns notifications off). ``password`` sets requirepass;
     ``acl_file`` loads users from an ACL file instead, so the two exclude each
-    other. With ``tls`` the server listens only with TLS on ``port``.
+    other. With ``tls`` the server listens only with TLS on ``port``; with
+    ``tls_client_certificate`` as well it requires every client to present a
+    certificate signed by the CA of ``tls`` (tls-auth-clients yes), and the
+    handle's client() presents this one.
     ``extra_config`` adds or overrides redis.conf directives and is applied last.
     """
     if password is not None and acl_file is not None:
         raise ValueError("pass either password or acl_file: an ACL file defines the default user's password itself")
     if acl_file is not None and not Path(acl_file).is_file():
         raise ValueError(f"acl_file {acl_file} does not exist; create it with one `user ...` line per user")
+    if tls_client_certificate is not None and tls is None:
+        raise ValueError("tls_client_certificate needs tls: client certificates are checked only on the TLS port")
 
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -432,10 +259,12 @@ def start_redis(workdir: Path, port: int | None = None,
         port = free_port()
 
     config_path = workdir / "redis.conf"
-    config = _redis_config(workdir, port, notify_keyspace_events, password, acl_file, tls, extra_config)
+    config = _redis_config(workdir, port, notify_keyspace_events, password, acl_file, tls, extra_config,
+                           tls_auth_clients=tls_client_certificate is not None)
     _write_redis_config(config_path, config)
 
-    server = RedisServer(workdir=workdir, port=port, config_path=config_path, password=password, tls=tls)
+    server = RedisServer(workdir=workdir, port=port, config_path=config_path, password=password, tls=tls,
+                         client_certificate=tls_client_certificate)
     server.start(timeout_s=timeout_s)
     return server
 
