@@ -135,12 +135,11 @@ class SourceRunner:
         mode = self.config.capture.channel_mode
         try:
             current = self.client.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
-        except redis.ResponseError as exc:
-            if "NOPERM" in str(exc):
-                log.warning("cannot read notify-keyspace-events on %s (the ACL user lacks CONFIG GET); relying on "
-                            "the heartbeat to detect missing notifications", self.source.name)
-                return "unknown"
-            raise
+        except redis.exceptions.NoPermissionError:
+            # redis-py raises a NOPERM reply as NoPermissionError and drops "NOPERM" from its text.
+            log.warning("cannot read notify-keyspace-events on %s (the ACL user lacks CONFIG GET); relying on "
+                        "the heartbeat to detect missing notifications", self.source.name)
+            return "unknown"
         missing = missing_flags(current, mode)
         if not missing:
             return current

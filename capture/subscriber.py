@@ -184,6 +184,8 @@ class Subscriber:
                     break
             if batch:
                 self.pipeline.offer(batch)
+            # A read may hold only ignored notifications; they are counted too.
+            if batch or ignored:
                 self._count(batch, ignored)
             for sequence in heartbeats:
                 server_time_us = self.heartbeat.time_of(sequence)

@@ -8,14 +8,17 @@ password is injected from its secret source and never logged.
 from __future__ import annotations
 
 import logging
+import re
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from echoseen.config import Config
-from echoseen.errors import ServiceUnavailable
+from echoseen.errors import ConfigError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +28,130 @@ log = logging.getLogger(__name__)
 DELIVERY_TIMEOUT_MS = 120_000
 
 
+# librdkafka logs every failed connection attempt, several lines a second per client while a broker is
+# down. Lines that differ only in numbers (ports, milliseconds) pass once per this interval.
+CLIENT_LOG_INTERVAL_S = 10.0
+_DIGITS = re.compile(r"[0-9]+")
+
+
+class RepeatedLineFilter(logging.Filter):
+    """Pass one line of each kind per interval and count the others, reported with the next line that passes."""
+
+    def __init__(self, interval_s: float = CLIENT_LOG_INTERVAL_S, max_kinds: int = 1000) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.max_kinds = max_kinds
+        self._lock = threading.Lock()
+        self._last_passed: dict[tuple[int, str], float] = {}
+        self._held_back: dict[tuple[int, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = (record.levelno, _DIGITS.sub("#", record.getMessage()))
+        now = time.monotonic()
+        with self._lock:
+            last = self._last_passed.get(kind)
+            if last is not None and now - last < self.interval_s:
+                self._held_back[kind] = self._held_back.get(kind, 0) + 1
+                return False
+            if len(self._last_passed) >= self.max_kinds:
+                self._last_passed.clear()
+                self._held_back.clear()
+            self._last_passed[kind] = now
+            held_back = self._held_back.pop(kind, 0)
+        if held_back:
+            text = record.getMessage().replace("%", "%%")
+            record.msg = f"{text} (%d similar lines held back in the last %.0f s)"
+            record.args = (held_back, self.interval_s)
+        return True
+
+
+def log_errors_as_warnings(record: logging.LogRecord) -> bool:
+    """Lower librdkafka's ERROR lines to WARNING, because the product logs at ERROR what a failure means for it.
+
+    librdkafka reports every refused connection at ERROR, while the daemons retry
+    or stop with an ERROR line of their own that names the setting to check.
+    """
+    if record.levelno > logging.WARNING:
+        record.levelno = logging.WARNING
+        record.levelname = logging.getLevelName(logging.WARNING)
+    return True
+
+
 # librdkafka's own log lines go through this logger instead of straight to stderr.
 client_log = logging.getLogger("echoseen.kafka.client")
+client_log.addFilter(log_errors_as_warnings)
+client_log.addFilter(RepeatedLineFilter())
+
+
+# SASL mechanisms that authenticate with a user name and a password.
+PASSWORD_MECHANISMS = frozenset({"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"})
+
+
+class _SecurityErrors:
+    """The latest SASL and TLS errors that this process's Kafka clients reported through error_cb.
+
+    librdkafka fails a metadata request with a bare "Broker transport failure".
+    The reason (rejected credentials, an untrusted certificate) only reaches
+    error_cb, which runs when the client is polled.
+    """
+
+    def __init__(self) -> None:
+        self.authentication: str | None = None
+        self.tls: str | None = None
+
+    def record(self, error: KafkaError) -> None:
+        text = error.str()
+        if error.code() == KafkaError._AUTHENTICATION or "SASL authentication" in text:
+            self.authentication = text
+        elif "SSL" in text or "certificate" in text:
+            self.tls = text
+
+
+_security_errors = _SecurityErrors()
 
 
 def client_settings(config: Config) -> dict[str, Any]:
+    """Return librdkafka settings: bootstrap servers, [kafka] client and the SASL password from its secret source.
+
+    Raises ConfigError when [kafka] client asks for a password-based SASL mechanism but no password is set.
+    """
     settings: dict[str, Any] = {"bootstrap.servers": config.kafka.bootstrap_servers, "logger": client_log,
-                                "log_level": 4}
+                                "log_level": 4, "error_cb": _security_errors.record}
     settings.update(config.kafka.client)
     password = config.kafka_sasl_password()
     if password:
         settings["sasl.password"] = password.reveal()
+    _check_sasl_password(settings)
     return settings
+
+
+def _check_sasl_password(settings: dict[str, Any]) -> None:
+    protocol = str(settings.get("security.protocol", "")).upper()
+    mechanism = str(settings.get("sasl.mechanism", settings.get("sasl.mechanisms", "GSSAPI"))).upper()
+    if protocol.startswith("SASL_") and mechanism in PASSWORD_MECHANISMS and not settings.get("sasl.password"):
+        raise ConfigError(f"[kafka] client sets security.protocol={protocol} and sasl.mechanism={mechanism}, but no "
+                          "SASL password is set: put it in the file named by [kafka] sasl_password_file or in the "
+                          "environment variable named by [kafka] sasl_password_env")
+
+
+def describe_unreachable(config: Config, detail: object, client: AdminClient | Producer | None = None) -> str:
+    """Return the message for a failed Kafka request, with the SASL or TLS error behind it when one was reported.
+
+    ``client`` (never a Consumer, whose poll() would consume records) is polled
+    once so that its pending error callbacks run.
+    """
+    if client is not None:
+        client.poll(0)
+    where = f"cannot reach Kafka at {config.kafka.bootstrap_servers} ([kafka] bootstrap_servers)"
+    if _security_errors.authentication:
+        return (f"{where}: the broker rejected the SASL credentials: {_security_errors.authentication}; check "
+                "sasl.username and sasl.mechanism in [kafka] client and the password in the file named by [kafka] "
+                "sasl_password_file or the variable named by [kafka] sasl_password_env")
+    if _security_errors.tls:
+        return (f"{where}: the TLS handshake failed: {_security_errors.tls}; check ssl.ca.location in [kafka] "
+                "client: it must name the CA that signed the brokers' certificates")
+    return (f"{where}: {detail}; check that the brokers run, the address is right and [kafka] client holds the "
+            "right security settings")
 
 
 def producer_settings(config: Config, **overrides: Any) -> dict[str, Any]:
@@ -129,8 +244,7 @@ def check_topics(config: Config, admin: AdminClient, timeout_s: float = 10.0) ->
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        raise ServiceUnavailable(f"cannot reach Kafka at {config.kafka.bootstrap_servers} ([kafka] bootstrap_servers): "
-                          f"{exc.args[0]}") from exc
+        raise ServiceUnavailable(describe_unreachable(config, exc.args[0], admin)) from exc
     problems = []
     present = []
     for spec in topic_specs(config):

@@ -21,8 +21,8 @@ from confluent_kafka import (OFFSET_INVALID, TIMESTAMP_NOT_AVAILABLE, Consumer, 
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from echoseen.config import Config
-from echoseen.errors import EchoseenError, ServiceUnavailable
-from echoseen.kafka import client_settings
+from echoseen.errors import ConfigError, EchoseenError, ServiceUnavailable
+from echoseen.kafka import client_settings, describe_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ _RETRIABLE_COORDINATOR_CODES = frozenset({
 T = TypeVar("T")
 
 
-class TopicNotFound(EchoseenError):
-    """A topic the tool needs does not exist."""
+class TopicNotFound(ConfigError):
+    """A topic the tool needs does not exist: the topics were not created, or a name is wrong (exit status 2)."""
 
 
 def tool_settings(config: Config, timeout_s: float) -> dict[str, Any]:
@@ -62,13 +62,11 @@ def tool_settings(config: Config, timeout_s: float) -> dict[str, Any]:
     return settings
 
 
-def unreachable(config: Config, exc: BaseException | str) -> ServiceUnavailable:
+def unreachable(config: Config, exc: BaseException | str, client: AdminClient | None = None) -> ServiceUnavailable:
     detail = exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc
     if isinstance(detail, KafkaError):
         detail = detail.str()
-    return ServiceUnavailable(
-        f"cannot reach Kafka at {config.kafka.bootstrap_servers} ([kafka] bootstrap_servers): {detail}; check "
-        "that the brokers run, the address is right and [kafka] client holds the right security settings")
+    return ServiceUnavailable(describe_unreachable(config, detail, client))
 
 
 def connect_admin(config: Config, timeout_s: float = DEFAULT_TIMEOUT_S) -> AdminClient:
@@ -77,7 +75,7 @@ def connect_admin(config: Config, timeout_s: float = DEFAULT_TIMEOUT_S) -> Admin
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        raise unreachable(config, exc) from exc
+        raise unreachable(config, exc, admin) from exc
     return admin
 
 
@@ -121,8 +119,9 @@ def with_coordinator_retry(config: Config, operation: str, call: Callable[[], T]
             raise ServiceUnavailable(f"{operation} failed: {error}") from exc
 
 
-def partition_ids(config: Config, admin: AdminClient, topic: str, timeout_s: float) -> list[int]:
-    """Return the partition numbers of ``topic``; TopicNotFound when it does not exist."""
+def partition_ids(config: Config, admin: AdminClient, topic: str, timeout_s: float,
+                  setting: str = "[kafka] topic") -> list[int]:
+    """Return the partition numbers of ``topic``; TopicNotFound, naming ``setting``, when it does not exist."""
     try:
         metadata = admin.list_topics(topic, timeout=timeout_s)
     except KafkaException as exc:
@@ -130,7 +129,7 @@ def partition_ids(config: Config, admin: AdminClient, topic: str, timeout_s: flo
     described = metadata.topics.get(topic)
     if described is None or described.error is not None:
         raise TopicNotFound(f"topic {topic!r} does not exist on {config.kafka.bootstrap_servers}; create it with "
-                            "`echoseen topics --create` or fix [kafka] topic")
+                            f"`echoseen topics --create` or fix {setting}")
     return sorted(described.partitions)
 
 

@@ -10,7 +10,8 @@ committed (its lag then counts from the earliest offset, where a new group
 starts).
 
 Exit status: 0, or 1 when --max-records or --max-seconds is exceeded, so the
-command can drive an alert; 3 when Kafka is unreachable.
+command can drive an alert; 2 when the event topic does not exist; 3 when
+Kafka is unreachable.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ members. Replays are safe for Kask: the replicator never writes an older seen
 time over a newer one.
 
 Exit status: 0 (plan printed, or offsets committed), 1 when the group has
-active members or Kafka rejected the change, 2 for invalid options, 3 when
-Kafka is unreachable.
+active members or Kafka rejected the change, 2 for invalid options or a
+missing topic, 3 when Kafka is unreachable.
 """
 
 from __future__ import annotations

@@ -356,6 +356,10 @@ async def check_kask(kask: KaskClient, config: Config) -> None:
     try:
         response = await kask.healthz()
     except KaskTransportError as exc:
+        if exc.certificate_rejected:
+            raise ServiceUnavailable(f"Kask at {config.kask.url} ([kask] url) presented a certificate that failed "
+                                     f"verification: {exc.detail}; set [kask] ca_file to the CA bundle that signed "
+                                     "Kask's certificate") from exc
         raise ServiceUnavailable(f"cannot reach Kask at {config.kask.url} ([kask] url): {exc.detail}") from exc
     if response.status != 200:
         raise ServiceUnavailable(f"Kask at {config.kask.url} ([kask] url) returned status {response.status} for "
@@ -455,7 +459,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
     options = options_from_args(args, config)
     if options.store:
         # Fail before a long comparison, not after it, when the result cannot be stored.
-        kafkaops.connect_admin(config, options.timeout_s)
+        admin = kafkaops.connect_admin(config, options.timeout_s)
+        try:
+            kafkaops.partition_ids(config, admin, config.kafka.state_topic, options.timeout_s,
+                                   setting="[kafka] state_topic")
+        except kafkaops.TopicNotFound as exc:
+            raise ConfigError(f"{exc}, or pass --no-store to compare without storing the result") from exc
     result = asyncio.run(verify(config, options))
 
     store_error = None

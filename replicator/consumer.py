@@ -167,8 +167,8 @@ class KafkaSide:
 
         messages: list[Message] = []
         errors: list[PartitionError] = []
-        # Even with every partition paused, consume() must run: it serves the rebalance callbacks.
-        batch = consumer.consume(max(1, min(CONSUME_BATCH_RECORDS, request.max_records)), CONSUME_TIMEOUT_S)
+        # Even with every partition paused, consume() or poll() must run: they serve the rebalance callbacks.
+        batch = self._next_batch(consumer, max(1, min(CONSUME_BATCH_RECORDS, request.max_records)))
         for message in batch:
             error = message.error()
             if error is None:
@@ -192,6 +192,26 @@ class KafkaSide:
                 if offsets is not None and offsets[1] >= 0:
                     watermarks[(topic, partition)] = offsets
         return StepResult(messages, errors, watermarks, len(self._paused), len(self._assigned))
+
+    @staticmethod
+    def _next_batch(consumer: Consumer, limit: int) -> list[Message]:
+        """Return up to ``limit`` records without holding back the ones already fetched.
+
+        consume(n, timeout) returns only when it has n records or the timeout
+        passed, so at a low rate every record would wait up to
+        CONSUME_TIMEOUT_S. Taking what is ready without waiting, and else
+        waiting in poll(), which returns with the first record, keeps that
+        delay out of the end-to-end latency.
+        """
+        batch = consumer.consume(limit, 0)
+        if batch:
+            return batch
+        first = consumer.poll(CONSUME_TIMEOUT_S)
+        if first is None:
+            return []
+        if limit == 1:
+            return [first]
+        return [first, *consumer.consume(limit - 1, 0)]
 
     def _require_consumer(self) -> Consumer:
         if self._consumer is None:

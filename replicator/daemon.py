@@ -13,6 +13,10 @@ records of different keys are applied concurrently, up to
 replicator.max_in_flight at a time. Timeouts, connection errors and 5xx
 responses are retried with capped exponential backoff while the record's
 partition is paused, and no later offset of that partition is stored meanwhile.
+A write that got no response (a timeout, a lost connection or a 504) may still
+reach Kask later, so once its record succeeds on a retry, the record finishes
+only UNANSWERED_WRITE_HOLD_S after that write failed; the next records of its
+key wait for it, and a late arrival of the old write cannot overwrite them.
 
 A record with a schema version newer than the newest one this build supports
 stops its partition (paused, nothing past it stored, readiness fails) until a
@@ -21,6 +25,9 @@ Both are logged at ERROR and exported as metrics.
 
 SIGTERM or SIGINT: finish in-flight requests (up to replicator.shutdown_timeout_s),
 commit the stored offsets, leave the group, print one summary line, exit 0.
+Startup fails with exit status 2 when the event or dead-letter topic is missing
+and 3 when Kafka is unreachable. An unreachable Kask does not stop the start:
+records wait for it as in an outage, and readiness fails meanwhile.
 Endpoints: /metrics, /healthz (the main loop is running) and /readyz (group
 joined, no stopped partition, Kask responded recently) on
 metrics.listen_address:replicator.metrics_port.
@@ -42,7 +49,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaException, Message
 
 from echoseen import events, kafka as kafka_module
 from echoseen.config import Config
-from echoseen.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE
+from echoseen.errors import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, ServiceUnavailable
 from echoseen.health import HealthServer
 from echoseen.logs import RateLimitedLog
 from echoseen.ratelimit import TokenBucket
@@ -70,6 +77,10 @@ KASK_PROBE_INTERVAL_S = 5.0
 # REVOKE_DRAIN_TIMEOUT_S plus a commit.
 LIVENESS_TIMEOUT_S = 60.0
 STARTUP_KAFKA_TIMEOUT_S = 15.0
+# A write (POST or DELETE) that got no response may still reach Kask later, through a slow proxy or a
+# stalled server. Later records of its key wait until this long after it was sent, so such a late write
+# cannot overwrite a newer seen time. NOTE: a guessed bound; a write held up longer can still land late.
+UNANSWERED_WRITE_HOLD_S = 10.0
 CALLBACK_TIMEOUT_S = REVOKE_DRAIN_TIMEOUT_S + 30.0
 
 
@@ -184,7 +195,7 @@ class Replicator:
                  self.config.summary())
         partition_count = await loop.run_in_executor(None, self._check_topics)
         if partition_count is None:
-            return EXIT_FAILED
+            return EXIT_CONFIG
 
         codec = codec_from_config(self.config)
         self._record_slots = asyncio.Semaphore(self.settings.max_in_flight)
@@ -226,10 +237,7 @@ class Replicator:
         problems = [problem.message for problem in kafka_module.check_topics(self.config, admin, STARTUP_KAFKA_TIMEOUT_S)
                     if problem.blocking and problem.topic in names]
         if problems:
-            for problem in problems:
-                log.error("%s", problem)
-            log.error("the replicator needs the topics %s; create them with `echoseen topics --create`",
-                      " and ".join(names))
+            log.error("the replicator cannot start: %s", "; ".join(problems))
             return None
         metadata = admin.list_topics(self.config.kafka.topic, timeout=STARTUP_KAFKA_TIMEOUT_S)
         return len(metadata.topics[self.config.kafka.topic].partitions)
@@ -238,7 +246,13 @@ class Replicator:
         try:
             version = await client.server_version()
         except KaskTransportError as exc:
-            log.warning("Kask /healthz did not respond (%s); starting anyway, records wait for Kask", exc)
+            if exc.certificate_rejected:
+                # Retrying cannot fix an untrusted certificate; records would wait forever.
+                raise ServiceUnavailable(
+                    f"Kask at {self.config.kask.url} ([kask] url) presented a certificate that failed verification: "
+                    f"{exc.detail}; set [kask] ca_file to the CA bundle that signed Kask's certificate") from exc
+            log.warning("Kask at %s ([kask] url) did not respond to /healthz (%s); starting anyway: records wait "
+                        "for Kask and /readyz fails until it responds", self.config.kask.url, exc)
             return "unreachable"
         self._kask_last_response_s = time.monotonic()
         return version
@@ -302,7 +316,8 @@ class Replicator:
         try:
             response = await client.healthz()
         except KaskTransportError as exc:
-            self._warnings.log(logging.WARNING, "kask-probe", "Kask /healthz did not respond: %s", exc)
+            self._warnings.log(logging.WARNING, "kask-probe", "Kask at %s ([kask] url) did not respond to /healthz: %s",
+                               self.config.kask.url, exc)
             return
         if response.status < 500:
             self._kask_last_response_s = time.monotonic()
@@ -390,8 +405,11 @@ class Replicator:
         previous_attempt_s: float | None = None
         # Start of the current run of 5xx failures during which other requests of the same method succeeded.
         singled_out_since_s: float | None = None
+        # When the last write of this record that got no response failed; it was sent before that.
+        unanswered_write_s: float | None = None
         try:
             while True:
+                outcome: Outcome | None = None
                 failure: KaskRetryableError | None = None
                 async with self._record_slots:
                     if self._halted(state, message.offset()):
@@ -399,15 +417,27 @@ class Replicator:
                     attempt += 1
                     attempt_s = time.monotonic()
                     try:
-                        return await self._applier.apply(event)
+                        outcome = await self._applier.apply(event)
                     except RecordRejected as exc:
                         rejected = exc
                     except KaskRetryableError as exc:
                         failure = exc
 
+                if outcome is not None:
+                    if unanswered_write_s is None:
+                        return outcome
+                    # The partition may move on meanwhile; only this key's later records wait.
+                    if retrying:
+                        retrying = False
+                        state.retrying -= 1
+                    if not await self._outlast_unanswered_write(state, message, unanswered_write_s):
+                        return None
+                    return outcome
                 if failure is None:
                     await self._dead_letter(state, message, rejected.reason, rejected.detail)
                     return None
+                if failure.method in ("POST", "DELETE") and (failure.status is None or failure.status == 504):
+                    unanswered_write_s = time.monotonic()
 
                 # A 5xx that keeps failing for this record while the same method succeeds for others
                 # since this record's previous attempt: the record, not Kask, is the problem.
@@ -439,6 +469,17 @@ class Replicator:
         finally:
             if retrying:
                 state.retrying -= 1
+
+    async def _outlast_unanswered_write(self, state: PartitionState, message: Message, failed_s: float) -> bool:
+        """Wait until a write that got no response can no longer land; return False when the partition halted first.
+
+        The record stays unfinished while it waits, and the next records of its key wait for it.
+        """
+        remaining_s = failed_s + UNANSWERED_WRITE_HOLD_S - time.monotonic()
+        if remaining_s > 0:
+            self.metrics.unanswered_write_holds.inc()
+            await self._sleep(state, remaining_s)
+        return not self._halted(state, message.offset())
 
     async def _dead_letter(self, state: PartitionState, message: Message, reason: str, detail: str) -> None:
         """Park the record in the dead-letter topic, retrying until the broker acknowledges it, then finish it."""

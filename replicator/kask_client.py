@@ -55,6 +55,11 @@ class KaskTransportError(Exception):
         self.kind = kind
         self.detail = detail
 
+    @property
+    def certificate_rejected(self) -> bool:
+        """Tell whether Kask's TLS certificate failed verification: a setting to fix, not an outage to wait out."""
+        return isinstance(self.__cause__, aiohttp.ClientConnectorCertificateError)
+
 
 @dataclass(frozen=True, slots=True)
 class KaskResponse:
@@ -89,8 +94,16 @@ def encode_key(key: bytes) -> str:
     return quote(key, safe="")
 
 
+# Longer keys are cut in log lines and dead-letter details, so the reason after the key is not cut off.
+# The record key of a dead-lettered record keeps the whole key.
+MAX_LOGGED_KEY_CHARS = 200
+
+
 def key_for_log(key: bytes) -> str:
-    return repr(key.decode("utf-8", errors="backslashreplace"))
+    text = key.decode("utf-8", errors="backslashreplace")
+    if len(text) <= MAX_LOGGED_KEY_CHARS:
+        return repr(text)
+    return f"{text[:MAX_LOGGED_KEY_CHARS]!r}... ({len(key)} bytes)"
 
 
 def unaddressable_reason(key: bytes, max_key_bytes: int) -> str | None:

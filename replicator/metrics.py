@@ -38,6 +38,9 @@ class ReplicatorMetrics:
         self.retries = Counter(PREFIX + "retries", "Retried attempts of a record, by the failure that caused them "
                                "(timeout, connection_error, http_5xx, dead_letter_produce).", ["reason"],
                                registry=registry)
+        self.unanswered_write_holds = Counter(
+            PREFIX + "unanswered_write_holds", "Records that waited after one of their Kask writes got no response, "
+            "so that write cannot land after a newer one of the same key.", registry=registry)
         self.rebalances = Counter(PREFIX + "rebalances", "Consumer group rebalance callbacks, by kind "
                                   "(assigned, revoked, lost).", ["kind"], registry=registry)
         self.paused_partitions = Gauge(PREFIX + "paused_partitions",
