@@ -142,14 +142,15 @@ def connect_sources(config: Config) -> list[Source]:
 
 
 def check_kafka(config: Config) -> None:
-    """Fail with a clear message when Kafka is unreachable or the event topic is missing."""
+    """Fail with a clear message when Kafka is unreachable (exit 3) or the event topic is missing (exit 2)."""
     problems = describe_topic_problems(config, admin_client(config))
     topic_problems = [problem for problem in problems if problem.startswith(f"topic {config.kafka.topic!r}")]
     for problem in problems:
         if problem not in topic_problems:
             log.warning("%s (the backfill only writes [kafka] topic, so it goes on)", problem)
     if topic_problems:
-        raise ServiceUnavailable("; ".join(topic_problems) + " (set by [kafka] topic)")
+        # A missing topic is a setup mistake, not an outage: exit 2 like the daemons do, so no restart loop retries it.
+        raise ConfigError("; ".join(topic_problems) + " (set by [kafka] topic)")
 
 
 def load_checkpoint(config: Config, plan: Plan, args: argparse.Namespace, sources: list[Source]) -> Checkpoint:

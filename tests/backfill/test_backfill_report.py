@@ -15,7 +15,7 @@ from capture.patterns import KeyFilter
 from devstack.keyspace import AGE_BUCKETS_DAYS, expected_entries, expected_unrelated, load
 from devstack.process import free_port
 from echoseen import echo_value
-from echoseen.errors import EXIT_OK, EXIT_UNAVAILABLE, ServiceUnavailable
+from echoseen.errors import EXIT_OK, EXIT_UNAVAILABLE, ConfigError, ServiceUnavailable
 
 pytestmark = pytest.mark.stack
 
@@ -143,7 +143,7 @@ def test_report_relative_to_now_by_default(bf_config, redis_client, unique_wiki)
 def test_missing_topic_named(make_config, redis_server, kafka_server, redis_client):
     config = make_config(redis_server=redis_server, kafka_server=kafka_server)
 
-    with pytest.raises(ServiceUnavailable) as failure:
+    with pytest.raises(ConfigError) as failure:
         run_backfill(config)
 
     message = str(failure.value)
