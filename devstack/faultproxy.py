@@ -8,7 +8,11 @@ Faults, all changeable while the proxy runs:
   response is then replaced by ``error_status``, as when a response is lost.
 - ``fail_paths``: requests whose raw path contains one of these strings always
   get ``error_status``.
-- ``delay_s``: a pause before forwarding, to make the upstream slow.
+- ``delay_s``: a pause before forwarding, to make the upstream slow;
+  ``delay_methods`` limits it to some HTTP methods (all when empty). The
+  request body is read before the pause, so a delayed write is still
+  forwarded after its client gave up, as a server applies a write that
+  arrived before the client's timeout but ran after it.
 - ``drop_connections``: close each connection without a response (a
   connection error at the client).
 
@@ -52,6 +56,7 @@ class Faults:
     error_status: int = 500
     fail_paths: tuple[str, ...] = ()
     delay_s: float = 0.0
+    delay_methods: tuple[str, ...] = ()
     drop_connections: bool = False
 
 
@@ -82,8 +87,9 @@ class FaultProxy:
         """Change some faults, keep the others; return the new set."""
         with self._lock:
             self._faults = dataclasses.replace(self._faults, **changes)
-            if "fail_paths" in changes:
-                self._faults = dataclasses.replace(self._faults, fail_paths=tuple(self._faults.fail_paths))
+            # JSON from the control endpoint gives lists; Faults keeps tuples so it stays hashable and frozen.
+            self._faults = dataclasses.replace(self._faults, fail_paths=tuple(self._faults.fail_paths),
+                                               delay_methods=tuple(self._faults.delay_methods))
             faults = self._faults
         log.info("fault proxy on port %s: %s", self.port, faults)
         return faults
@@ -173,8 +179,10 @@ class FaultProxy:
         if faults.error_rate and self._random.random() < faults.error_rate:
             self.stats["errors_before"] += 1
             return self._error(faults.error_status, request.raw_path)
-        if faults.delay_s:
+        if faults.delay_s and (not faults.delay_methods or request.method in faults.delay_methods):
             self.stats["delayed"] += 1
+            # aiohttp keeps the body once read, so _forward still has it after the client has gone.
+            await request.read()
             await asyncio.sleep(faults.delay_s)
 
         response = await self._forward(request)
