@@ -14,8 +14,8 @@ replicator.max_in_flight at a time. Timeouts, connection errors and 5xx
 responses are retried with capped exponential backoff while the record's
 partition is paused, and no later offset of that partition is stored meanwhile.
 A write that got no response (a timeout, a lost connection or a 504) may still
-reach Kask later, so once its record succeeds on a retry, the record finishes
-only UNANSWERED_WRITE_HOLD_S after that write failed; the next records of its
+reach Kask later. So when its record succeeds on a retry, the record finishes
+only UNANSWERED_WRITE_HOLD_S after that write failed. The next records of its
 key wait for it, and a late arrival of the old write cannot overwrite them.
 
 A record with a schema version newer than the newest one this build supports

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,6 +21,31 @@ from echoseen import config as config_module
 from echoseen import echo_value, events
 
 ECHOSEEN = str(Path(sys.executable).with_name("echoseen"))
+CLI_TIMEOUT_S = 120
+
+
+@dataclass
+class CliResult:
+    status: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+
+def run_cli(args: list[str], config_path: Path | None = None, env: dict[str, str] | None = None,
+            timeout_s: float = CLI_TIMEOUT_S) -> CliResult:
+    """Run `echoseen <args> [-c FILE]` with no ECHOSEEN_* variables but those in ``env``."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("ECHOSEEN_")}
+    environment.update(env or {})
+    # A crash in a native library then leaves a Python traceback in stderr.
+    environment["PYTHONFAULTHANDLER"] = "1"
+    argv = [ECHOSEEN, *args] + (["-c", str(config_path)] if config_path is not None else [])
+    started = time.monotonic()
+    completed = subprocess.run(argv, capture_output=True, text=True, env=environment, timeout=timeout_s)
+    return CliResult(completed.returncode, completed.stdout, completed.stderr, time.monotonic() - started)
 
 
 def now_value(offset_s: float = 0.0) -> bytes:

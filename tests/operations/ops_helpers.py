@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -16,20 +13,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from echoseen import config as config_module
 from echoseen import echo_value, events
 from echoseen.kafka import admin_client, create_topics
-from helpers import ECHOSEEN, Daemon
-
-CLI_TIMEOUT_S = 120
-
-
-@dataclass
-class CliResult:
-    status: int
-    stdout: str
-    stderr: str
-    duration_s: float
-
-    def json(self) -> dict:
-        return json.loads(self.stdout)
+from helpers import CLI_TIMEOUT_S, CliResult, Daemon, run_cli
 
 
 @dataclass
@@ -54,14 +38,7 @@ class Ops:
 
     def cli(self, *args: str, timeout_s: float = CLI_TIMEOUT_S, env: dict[str, str] | None = None) -> CliResult:
         """Run `echoseen <args> -c <file>` with no ECHOSEEN_* variables but those in ``env``."""
-        environment = {key: value for key, value in os.environ.items() if not key.startswith("ECHOSEEN_")}
-        environment.update(env or {})
-        # A crash in a native library then leaves a Python traceback in stderr.
-        environment["PYTHONFAULTHANDLER"] = "1"
-        started = time.monotonic()
-        completed = subprocess.run([ECHOSEEN, *args, "-c", str(self.config_path)], capture_output=True, text=True,
-                                   env=environment, timeout=timeout_s)
-        return CliResult(completed.returncode, completed.stdout, completed.stderr, time.monotonic() - started)
+        return run_cli(list(args), self.config_path, env=env, timeout_s=timeout_s)
 
     @property
     def bootstrap(self) -> str:
