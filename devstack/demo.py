@@ -109,6 +109,7 @@ class Phases:
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        STOP.check()
         print(f"[{time.monotonic() - self.started:7.1f} s] {name} ...", flush=True)
         began = time.monotonic()
         try:
@@ -121,11 +122,31 @@ class Phases:
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM, turned into the same path as Ctrl+C so every process gets stopped."""
+    """Ctrl+C (SIGINT) or SIGTERM: the demo stops every process it started and reports."""
 
 
-def _raise_interrupted(signum: int, frame: object) -> None:
-    raise Interrupted(signal.Signals(signum).name)
+class StopRequest:
+    """Remembers a SIGINT or SIGTERM and raises Interrupted at once and again at the next check.
+
+    The handler's exception can surface as another error, or be swallowed,
+    when the signal arrives while a C extension (the Kafka client) calls back
+    into Python. So the signal is also remembered: main() classifies any
+    failure after it as an interruption, and check() stops at the next step.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def handle(self, signum: int, frame: object) -> None:
+        self.signal_name = signal.Signals(signum).name
+        raise Interrupted(self.signal_name)
+
+    def check(self) -> None:
+        if self.signal_name is not None:
+            raise Interrupted(self.signal_name)
+
+
+STOP = StopRequest()
 
 
 # ---------------------------------------------------------------------------
@@ -204,6 +225,7 @@ def wait_for_lag(config: Config, done: Callable[[Any], bool], timeout_s: float, 
             if not daemon.is_running():
                 raise StackError(f"{daemon.name} exited with status {daemon.popen.returncode} while waiting for "
                                  f"{what}; last lines of {daemon.log_path}:\n{daemon.log_tail()}")
+        STOP.check()
         lag = measure_lag(config, timeout_s=10.0)
         if done(lag):
             return lag
@@ -629,6 +651,22 @@ def parse_args(argv: Sequence[str] | None) -> Options:
                    args.replicator_url.rstrip("/"))
 
 
+def classify_failure(exc: BaseException, run: Run) -> tuple[int, str]:
+    """Return the exit status and the message for an exception that ended the demo."""
+    if STOP.signal_name is not None or isinstance(exc, KeyboardInterrupt):
+        if not isinstance(exc, KeyboardInterrupt):
+            log.warning("%s arrived during a call that raised %s: %s", STOP.signal_name, type(exc).__name__, exc)
+        return EXIT_INTERRUPTED, f"interrupted ({STOP.signal_name or 'SIGINT'})"
+    if isinstance(exc, StackError):
+        # A stack that did not start is an unavailable service; a later StackError is a failed run.
+        return (EXIT_UNAVAILABLE if run.stack is None and not run.options.external else EXIT_FAILED), str(exc)
+    if isinstance(exc, EchoseenError):
+        # An invalid configuration (--external) or a service that rejected the demo's connection.
+        return exc.exit_status, str(exc)
+    log.error("the demo failed", exc_info=exc)
+    return EXIT_FAILED, f"{type(exc).__name__}: {exc}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     # With a local stack the demo's own configuration applies; with --external the environment is the configuration.
@@ -646,27 +684,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if removed:
         log.warning("ignoring these environment variables so they cannot redirect the demo: %s", ", ".join(removed))
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGINT, STOP.handle)
+    signal.signal(signal.SIGTERM, STOP.handle)
 
     run = Run(options)
-    status = EXIT_FAILED
-    error = None
     try:
         status = run_demo(run)
-    except KeyboardInterrupt as exc:
-        status = EXIT_INTERRUPTED
-        error = f"interrupted ({str(exc) or 'SIGINT'})"
-    except StackError as exc:
-        # A stack that did not start is an unavailable service; a later StackError is a failed run.
-        status = EXIT_UNAVAILABLE if run.stack is None and not options.external else EXIT_FAILED
-        error = str(exc)
-    except EchoseenError as exc:
-        # An invalid configuration (--external) or a service that refused the demo's connection.
-        status = exc.exit_status
-        error = str(exc)
-    except Exception as exc:  # noqa: BLE001 - reported below, after everything is stopped
-        log.exception("the demo failed")
-        error = f"{type(exc).__name__}: {exc}"
+        error = None
+    except BaseException as exc:  # noqa: BLE001 - reported below, after everything is stopped
+        status, error = classify_failure(exc, run)
     finally:
         print(f"[{run.phases.total_s():7.1f} s] stopping everything the demo started ...", flush=True)
         # A second Ctrl+C or SIGTERM must not cut the cleanup short.
