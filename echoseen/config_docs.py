@@ -57,6 +57,7 @@ checkpoint_file = "/var/lib/echoseen/backfill.checkpoint.json"
 max_keys_per_s = 20000.0
 
 [metrics]
+# Every address, so Prometheus on another host can scrape: firewall the metrics ports to it.
 listen_address = "0.0.0.0"
 
 [logging]
