@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from devstack import process as process_module
 from devstack.cassandra import CassandraServer, create_kask_schema, start_cassandra
 from devstack.kafka import KafkaServer, start_kafka
 from devstack.kask import KaskServer, start_kask
@@ -275,10 +274,8 @@ def detach(stack: Stack) -> None:
     `echoseen-devstack up` leaves the services running after it exits, so
     their handles must not be stopped by that atexit hook.
     """
-    # NOTE: devstack.process has no public way to do this, so its module-level list is edited here.
     for managed in stack.processes().values():
-        if managed in process_module._running:
-            process_module._running.remove(managed)
+        managed.detach()
 
 
 def stop_recorded(document: dict[str, Any], timeout_s: float = STOP_TIMEOUT_S) -> list[str]:

@@ -93,6 +93,11 @@ class ManagedProcess:
     def is_running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    def detach(self) -> None:
+        """Leave the process running when this interpreter exits: take it off the list stopped at exit."""
+        if self in _running:
+            _running.remove(self)
+
     def wait_until(self, ready: Callable[[], bool], timeout_s: float, what: str) -> float:
         """Poll ``ready`` until it is true; return the seconds it took.
 

@@ -31,7 +31,7 @@ from redis.retry import Retry
 
 from devstack.process import LOOPBACK, ManagedProcess, StackError, free_port, port_is_open, run_checked
 # The TLS helpers moved to devstack.tls; they stay importable from here for existing callers.
-from devstack.tls import CertificateFiles, TlsFiles, make_tls_files  # noqa: F401 - re-exported
+from devstack.tls import CertificateFiles, TlsFiles
 
 log = logging.getLogger(__name__)
 

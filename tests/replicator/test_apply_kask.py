@@ -159,7 +159,7 @@ def test_rate_limit_spaces_requests(config, unique_wiki):
 
 def test_https_with_ca_bundle(config, cassandra_server, tmp_path, unique_wiki):
     from devstack.kask import KaskTLS, start_kask
-    from devstack.redis_server import make_tls_files
+    from devstack.tls import make_tls_files
 
     files = make_tls_files(tmp_path / "tls")
     server = start_kask(tmp_path / "kask-tls", cassandra_server, tls=KaskTLS(files.cert_path, files.key_path))
