@@ -17,6 +17,9 @@ that rate by bench/writer.py) when all of these hold:
 A step whose writer reached less than 97 % of the requested rate is reported
 as writer-limited and proves nothing either way.
 
+Each step starts once the capture has no open gap and nothing pending, so
+the catch-up scan after a failed step is not measured as part of the next.
+
 Search: a full step at --target (20,000 writes/s), then short probe steps
 (--probe-duration) upward in --step increments until one fails, then full
 steps from the highest passing probe downward until one passes. Below the
@@ -145,10 +148,31 @@ class CaptureBench:
                 return int(entry.get("omem", 0))
         return 0
 
+    def wait_quiescent(self, timeout_s: float = 600.0) -> float:
+        """Wait until no gap is open and nothing is pending, so a catch-up scan of an earlier step is over.
+
+        Returns the seconds waited. A failed step leaves a gap whose catch-up
+        scan reads and publishes keys for a while; a step started meanwhile
+        would measure the catch-up too.
+        """
+        capture = self.capture
+        assert capture is not None
+        started = time.monotonic()
+
+        def quiet() -> bool:
+            samples = capture.samples()
+            return (common.metric_sum(samples, "echoseen_capture_open_gaps") == 0
+                    and common.metric_sum(samples, "echoseen_capture_pending_keys") == 0)
+
+        if not common.wait_for(quiet, timeout_s=timeout_s, interval_s=1.0):
+            log.warning("the capture still has open gaps or pending keys after %.0f s; stepping on", timeout_s)
+        return time.monotonic() - started
+
     def step(self, rate: float, duration_s: float, kind: str) -> dict:
         """Write at ``rate`` for ``duration_s`` and judge whether the capture kept up."""
         capture = self.capture
         assert capture is not None
+        waited_s = self.wait_quiescent()
         workdir = self.stack.workdir / f"step-{int(rate)}-{kind}-{len(self.steps)}"
         before = capture.samples()
         pids = {"capture": capture.pid, **self.stack.pids()}
@@ -212,6 +236,7 @@ class CaptureBench:
         result = {
             "kind": kind,
             "target_rate_per_s": rate,
+            "waited_for_catchup_s": round(waited_s, 1),
             "writer": written,
             "writer_limited": not writer_ok,
             "kept_up": writer_ok and all(checks.values()),
@@ -234,10 +259,6 @@ class CaptureBench:
                  kind, rate, result["kept_up"], checks, written["rate_per_s"], pending_max, omem_max,
                  read_to_ack["p99_s"], drain_s)
         self.steps.append(result)
-        # A failed step may leave a gap whose catch-up scan still runs; give it time before the next step.
-        if gaps:
-            time.sleep(5.0)
-        time.sleep(1.0)
         return result
 
     def _start_profiler(self, rate: float, duration_s: float, kind: str):
