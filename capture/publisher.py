@@ -49,8 +49,7 @@ class Ticket:
 
     def add(self) -> None:
         # No lock: only the owning thread adds, and only before seal(). settle() compares the counts only once
-        # the ticket is sealed, so it never reads a count that is still moving. A lock here cost about a tenth of
-        # the backfill's main thread, contended with the delivery thread at every record.
+        # the ticket is sealed, so it never reads a count that is still moving.
         self.added += 1
 
     def settle(self, ok: bool) -> None:
