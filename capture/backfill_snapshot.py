@@ -32,7 +32,7 @@ from capture.backfill_progress import PingMonitor, Progress
 from capture.backfill_scan import (Chunk, Finished, Restarted, ScanFeed, Started, drive_feed, feed_settings,
                                    scan_fraction)
 from capture.publisher import Publisher, QueueFull, Ticket
-from capture.reader import KeyState, build_event
+from capture.reader import KeyState
 from capture.sources import Source
 from echoseen import echo_value, events
 from echoseen.config import Config
@@ -281,35 +281,36 @@ class SnapshotJob:
     def _publish(self, run: ServerRun, chunk: Chunk) -> None:
         unit = Unit(chunk)
         ticket = unit.ticket
-        publish = self._publisher.publish
-        source = run.source
+        publish = self._publisher.publish_encoded
+        encode = events.UpsertEncoder(events.ORIGIN_SNAPSHOT, None, run.source.address, run.source.db,
+                                      chunk.run_id).encode
         cutoff = self._cutoff
         max_value_bytes = self._max_value_bytes
         placeholder = echo_value.PLACEHOLDER
+        skipped = unit.skipped
         published = 0
         for state in chunk.states:
-            # build_event decodes the value once; its seen_time and value_error classify the key.
-            event = build_event(state, events.ORIGIN_SNAPSHOT, None, source, chunk.run_id, max_value_bytes)
-            if event is None:
-                self._bad_value(run, unit, state, state.bad_reason or "unknown")
+            if not state.exists:
+                skipped[SKIP_GONE] = skipped.get(SKIP_GONE, 0) + 1
                 continue
-            seen_time = event.seen_time
+            decoded = state.decoded(max_value_bytes)
+            seen_time = decoded.seen_time
             if seen_time is None:
-                if event.op == events.OP_DELETE:
-                    unit.skipped[SKIP_GONE] = unit.skipped.get(SKIP_GONE, 0) + 1
-                else:
-                    self._bad_value(run, unit, state, event.value_error or "unknown")
+                reason = decoded.error.value if decoded.error is not None else "unknown"
+                self._bad_value(run, unit, state, reason)
                 continue
             if seen_time == placeholder:
-                unit.skipped[SKIP_PLACEHOLDER] = unit.skipped.get(SKIP_PLACEHOLDER, 0) + 1
+                skipped[SKIP_PLACEHOLDER] = skipped.get(SKIP_PLACEHOLDER, 0) + 1
                 continue
             if seen_time < cutoff:
-                unit.skipped[SKIP_BEFORE_CUTOFF] = unit.skipped.get(SKIP_BEFORE_CUTOFF, 0) + 1
+                skipped[SKIP_BEFORE_CUTOFF] = skipped.get(SKIP_BEFORE_CUTOFF, 0) + 1
                 continue
+            key = state.key
+            value = encode(key, state.value, seen_time, state.expire_at_ms, state.server_time_us)
             try:
-                publish(event, ticket)
+                publish(key, value, ticket)
             except QueueFull:
-                if not self._publish_when_room(event, ticket):
+                if not self._publish_when_room(key, value, ticket):
                     unit.abandoned = True
                     break
             published += 1
@@ -331,12 +332,12 @@ class SnapshotJob:
         unit.bad_values[reason] = unit.bad_values.get(reason, 0) + 1
         run.samples.add(reason, state, run.source.name)
 
-    def _publish_when_room(self, event: events.SeenTimeEvent, ticket: Ticket) -> bool:
+    def _publish_when_room(self, key: bytes, value: bytes, ticket: Ticket) -> bool:
         """Retry an event while the producer's queue is full; False when the job is stopping instead."""
         while not self.stop.is_set():
             time.sleep(0.05)
             try:
-                self._publisher.publish(event, ticket)
+                self._publisher.publish_encoded(key, value, ticket)
                 return True
             except QueueFull:
                 continue

@@ -31,7 +31,7 @@ class Ticket:
     reports settle them from the Kafka client's thread.
     """
 
-    __slots__ = ("added", "settled", "failed", "sealed", "on_done", "_lock", "done", "payload")
+    __slots__ = ("added", "settled", "failed", "sealed", "on_done", "_lock", "done", "payload", "report")
 
     def __init__(self, on_done: Callable[["Ticket"], None] | None = None, payload: object = None) -> None:
         self.added = 0
@@ -42,6 +42,8 @@ class Ticket:
         self.on_done = on_done
         self.payload = payload
         self._lock = threading.Lock()
+        # The delivery callback Publisher.publish_encoded() shares among the ticket's records.
+        self.report: Callable[[KafkaError | None, Message], None] | None = None
 
     @property
     def outstanding(self) -> int:
@@ -133,6 +135,40 @@ class Publisher:
         except KafkaException:
             ticket.settle(False)
             raise
+
+    def publish_encoded(self, key: bytes, value: bytes, ticket: Ticket) -> None:
+        """Queue an event encoded by the caller under a ticket; raise QueueFull when the local queue has no room.
+
+        The records of one ticket share one delivery callback, and on_delivered
+        is not called: this is the backfill's path, which counts by ticket.
+        """
+        report = ticket.report
+        if report is None:
+            report = ticket.report = self._ticket_reporter(ticket)
+        ticket.add()
+        try:
+            self._producer.produce(self.topic, value=value, key=key, on_delivery=report)
+        except BufferError as exc:
+            ticket.settle(True)  # nothing was queued, so nothing will be reported for it
+            raise QueueFull(str(exc)) from exc
+        except KafkaException:
+            ticket.settle(False)
+            raise
+
+    def _ticket_reporter(self, ticket: Ticket) -> Callable[[KafkaError | None, Message], None]:
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            if error is None:
+                self.delivered += 1
+                self.last_success_monotonic = time.monotonic()
+                ticket.settle(True)
+                return
+            self.failed += 1
+            self.last_error = str(error)
+            self._errors.log(logging.ERROR, "delivery", "delivery of key %r to %s failed: %s",
+                             events.key_text(message.key() or b""), message.topic(), error)
+            ticket.settle(False)
+
+        return delivered
 
     def produce_raw(self, topic: str, key: bytes | None, value: bytes | None, ticket: Ticket) -> None:
         """Queue a record that is not an event (state records); delivery is reported to the ticket."""

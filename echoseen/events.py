@@ -158,6 +158,43 @@ _EVENT_TEMPLATE = ('{"schema_version":%d,"op":%s,"key":%s,"value_base64":%s,"see
                    '"source":{"server":%s,"db":%s,"run_id":%s}}')
 
 
+class UpsertEncoder:
+    """Encodes upserts of valid seen times that share their origin, notification and source.
+
+    The result is byte for byte what :func:`encode` writes for the same event,
+    but the shared fields are encoded once and no SeenTimeEvent is built. The
+    backfill encodes millions of such events from one server, and building
+    each event object and its fields was about a sixth of its main thread.
+    """
+
+    __slots__ = ("_template",)
+
+    def __init__(self, origin: str, notification: str | None, source_server: str, source_db: int,
+                 source_run_id: str) -> None:
+        shared = (',"origin":' + _json_string(origin) + ',"notification":' + _json_text_or_null(notification)
+                  + ',"source":{"server":' + _json_string(source_server) + ',"db":' + int.__repr__(source_db)
+                  + ',"run_id":' + _json_string(source_run_id) + '}}')
+        # The shared text is escaped for %-formatting, since a server name may hold a '%'.
+        self._template = ('{"schema_version":' + int.__repr__(SCHEMA_VERSION) + ',"op":' + _json_string(OP_UPSERT)
+                          + ',"key":%s,"value_base64":"%s","seen_time":"%s","value_error":null,"expire_at_ms":%s,'
+                          '"version_us":%s' + shared.replace("%", "%%"))
+
+    def encode(self, key: bytes, value: bytes, seen_time: str, expire_at_ms: int | None,
+               version_us: int) -> bytes:
+        """Return the record value of an upsert whose value decoded to ``seen_time``.
+
+        ``seen_time`` must be a decoded TS_MW (14 digits), so it needs no JSON
+        escaping, and the event's value_error is null.
+        """
+        return (self._template % (
+            _json_string(key.decode("utf-8", "backslashreplace")),
+            binascii.b2a_base64(value, newline=False).decode("ascii"),
+            seen_time,
+            "null" if expire_at_ms is None else int.__repr__(expire_at_ms),
+            int.__repr__(version_us),
+        )).encode("utf-8")
+
+
 def _json_text_or_null(text: str | None) -> str:
     return "null" if text is None else _json_string(text)
 

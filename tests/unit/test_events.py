@@ -39,6 +39,22 @@ def test_encode_equals_dict_form(event):
     assert json.loads(value) == event.to_json_dict()
 
 
+@pytest.mark.parametrize("event", [
+    make_event(origin="snapshot", notification=None),
+    make_event(key='x:"quoted"\\:\n ü'.encode(), expire_at_ms=None),
+    make_event(key=b"enwiki:echo:seen:alert:time:\xff", source_server='odd "host" %s:6379', source_db=3,
+               source_run_id="run\\id", origin="catchup", notification=None),
+])
+def test_upsert_encoder_matches_encode(event):
+    encoder = events.UpsertEncoder(event.origin, event.notification, event.source_server, event.source_db,
+                                   event.source_run_id)
+
+    value = encoder.encode(event.key, event.value, event.seen_time, event.expire_at_ms, event.version_us)
+
+    assert value == events.encode(event)[1]
+    assert events.decode(event.key, value) == event
+
+
 def test_non_utf8_key_escaped_in_text():
     event = make_event(key=b"enwiki:echo:seen:alert:time:\xff")
     key, value = events.encode(event)
