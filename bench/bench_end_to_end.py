@@ -10,6 +10,10 @@ Echo does) and polls Kask for it every --poll-ms milliseconds (the next GET
 starts that long after the previous response) until Kask returns the value.
 A probe's delay runs from just before its SETEX is sent to the response that
 showed the value, so it includes up to one poll interval plus one GET.
+At most --max-outstanding probes poll at once: when the pipeline falls
+behind, every waiting probe polls Kask back to back, and without a bound those
+GETs take the Kask capacity the replicator needs, so the delay feeds on
+itself. A probe whose start finds the bound reached is skipped and counted.
 
 Per-stage figures come from the daemons' histograms over the same window:
 the capture's Redis read to Kafka acknowledgement
@@ -51,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--probe-interval", type=float, default=0.25,
                         help="seconds between probe writes (default %(default)s)")
     parser.add_argument("--poll-ms", type=float, default=5.0, help="milliseconds between Kask polls (default %(default)s)")
+    parser.add_argument("--max-outstanding", type=int, default=4,
+                        help="probes polling at the same time at most; later ones are skipped (default %(default)s)")
     parser.add_argument("--echo-keys", type=int, default=100_000,
                         help="user ids per type the background writer picks from (default %(default)s)")
     parser.add_argument("--partitions", type=int, default=12, help="partitions of the event topic (default %(default)s)")
@@ -59,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def run_probes(redis_url: str, kask_url: str, wiki: str, duration_s: float, interval_s: float,
-                     poll_s: float) -> dict:
+                     poll_s: float, max_outstanding: int) -> dict:
     """Write a new key every ``interval_s`` and time until Kask returns it; return the delays and failures."""
     client = redis_asyncio.Redis.from_url(redis_url, protocol=2)
     base = kask_url if kask_url.endswith("/") else kask_url + "/"
@@ -93,19 +99,23 @@ async def run_probes(redis_url: str, kask_url: str, wiki: str, duration_s: float
 
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
-        tasks = []
+        tasks: list[asyncio.Task] = []
         started = time.monotonic()
         number = 0
+        skipped = 0
         # Probes start on a fixed schedule, whatever earlier probes are doing, so slow ones do not hide others.
         while time.monotonic() - started < duration_s:
             number += 1
-            tasks.append(asyncio.create_task(probe(session, number)))
+            if sum(1 for task in tasks if not task.done()) < max_outstanding:
+                tasks.append(asyncio.create_task(probe(session, number)))
+            else:
+                skipped += 1
             delay_s = started + number * interval_s - time.monotonic()
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
         await asyncio.gather(*tasks)
     await client.aclose()
-    return {"delays": delays, "polls": polls, "failures": failures, "probes": number}
+    return {"delays": delays, "polls": polls, "failures": failures, "probes": number - skipped, "skipped": skipped}
 
 
 def stage_figures(before: common.Samples, after: common.Samples, name: str, **labels: str) -> dict:
@@ -144,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                 cpu_before = common.cpu_snapshot(pids)
                 started = time.monotonic()
                 probes = asyncio.run(run_probes(stack.redis_url, stack.kask_url, wiki, args.duration,
-                                                args.probe_interval, args.poll_ms / 1000))
+                                                args.probe_interval, args.poll_ms / 1000,
+                                                args.max_outstanding))
                 elapsed_s = time.monotonic() - started
                 cpu = common.cpu_delta(cpu_before, common.cpu_snapshot(pids), elapsed_s)
                 capture_after, replicator_after = capture.samples(), replicator.samples()
