@@ -15,7 +15,7 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from echoseen import __version__, config as config_module, logs
+from echoseen import __version__, config as config_module, logs, malloc
 from echoseen.errors import EXIT_CONFIG, EXIT_INTERRUPTED, EchoseenError
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before any Kafka client starts its threads, which is when glibc creates the arenas.
+    malloc.limit_arenas()
     argv = sys.argv[1:] if argv is None else argv
     names = {subcommand.name for subcommand in SUBCOMMANDS}
     selected = next((token for token in argv if token in names), None)
