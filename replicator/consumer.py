@@ -113,9 +113,9 @@ def consumer_settings(config: Config, group_id: str) -> dict[str, object]:
         "heartbeat.interval.ms": max(100, min(3000, session_timeout_ms // 3)),
         "client.id": f"echoseen-replicator-{socket.gethostname()}",
     })
-    # librdkafka prefetches up to 64 MiB of records by default, about 150,000 events, which with its per-message
-    # overhead kept the replicator near 340 MiB of memory on a backlog of millions. Kask takes a few thousand
-    # records per second, so 16 MiB is still several seconds of work. [kafka.client] may set other values.
+    # librdkafka prefetches up to 64 MiB of records by default, about 150,000 events. Kask takes a few thousand
+    # records per second, so 16 MiB is still several seconds of work and bounds that part of the replicator's
+    # memory on a backlog. [kafka.client] may set other values.
     settings.setdefault("queued.max.messages.kbytes", 16_384)
     settings.setdefault("fetch.max.bytes", 16 * 1_048_576)
     return settings
