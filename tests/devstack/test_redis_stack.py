@@ -19,11 +19,10 @@ from devstack.redis_server import (
     DEFAULT_NOTIFY_KEYSPACE_EVENTS,
     RedisCluster,
     RedisServer,
-    TlsFiles,
-    make_tls_files,
     start_redis,
     start_redis_cluster,
 )
+from devstack.tls import TlsFiles, make_tls_files
 
 
 @pytest.fixture(scope="module")
