@@ -111,30 +111,17 @@ class Publisher:
     def publish(self, event: events.SeenTimeEvent, ticket: Ticket, topic: str | None = None) -> None:
         """Queue one event under a ticket; raise QueueFull when the local queue has no room."""
         key, value = events.encode(event)
-        ticket.add()
 
         def delivered(error: KafkaError | None, message: Message) -> None:
-            if error is None:
-                self.delivered += 1
-                self.last_success_monotonic = time.monotonic()
-                if self._on_delivered is not None:
-                    self._on_delivered(event, time.time())
-                ticket.settle(True)
-            else:
-                self.failed += 1
-                self.last_error = str(error)
-                self._errors.log(logging.ERROR, "delivery", "delivery of key %r to %s failed: %s",
-                                 events.key_text(event.key), message.topic(), error)
-                ticket.settle(False)
+            if error is not None:
+                self._delivery_failed(error, message, ticket)
+                return
+            self._delivery_succeeded()
+            if self._on_delivered is not None:
+                self._on_delivered(event, time.time())
+            ticket.settle(True)
 
-        try:
-            self._producer.produce(topic or self.topic, value=value, key=key, on_delivery=delivered)
-        except BufferError as exc:
-            ticket.settle(True)  # nothing was queued, so nothing will be reported for it
-            raise QueueFull(str(exc)) from exc
-        except KafkaException:
-            ticket.settle(False)
-            raise
+        self._produce(topic or self.topic, key, value, ticket, delivered)
 
     def publish_encoded(self, key: bytes, value: bytes, ticket: Ticket) -> None:
         """Queue an event encoded by the caller under a ticket; raise QueueFull when the local queue has no room.
@@ -145,9 +132,23 @@ class Publisher:
         report = ticket.report
         if report is None:
             report = ticket.report = self._ticket_reporter(ticket)
+        self._produce(self.topic, key, value, ticket, report)
+
+    def _ticket_reporter(self, ticket: Ticket) -> Callable[[KafkaError | None, Message], None]:
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            if error is not None:
+                self._delivery_failed(error, message, ticket)
+                return
+            self._delivery_succeeded()
+            ticket.settle(True)
+
+        return delivered
+
+    def _produce(self, topic: str, key: bytes, value: bytes, ticket: Ticket,
+                 delivered: Callable[[KafkaError | None, Message], None]) -> None:
         ticket.add()
         try:
-            self._producer.produce(self.topic, value=value, key=key, on_delivery=report)
+            self._producer.produce(topic, value=value, key=key, on_delivery=delivered)
         except BufferError as exc:
             ticket.settle(True)  # nothing was queued, so nothing will be reported for it
             raise QueueFull(str(exc)) from exc
@@ -155,20 +156,16 @@ class Publisher:
             ticket.settle(False)
             raise
 
-    def _ticket_reporter(self, ticket: Ticket) -> Callable[[KafkaError | None, Message], None]:
-        def delivered(error: KafkaError | None, message: Message) -> None:
-            if error is None:
-                self.delivered += 1
-                self.last_success_monotonic = time.monotonic()
-                ticket.settle(True)
-                return
-            self.failed += 1
-            self.last_error = str(error)
-            self._errors.log(logging.ERROR, "delivery", "delivery of key %r to %s failed: %s",
-                             events.key_text(message.key() or b""), message.topic(), error)
-            ticket.settle(False)
+    def _delivery_succeeded(self) -> None:
+        self.delivered += 1
+        self.last_success_monotonic = time.monotonic()
 
-        return delivered
+    def _delivery_failed(self, error: KafkaError, message: Message, ticket: Ticket) -> None:
+        self.failed += 1
+        self.last_error = str(error)
+        self._errors.log(logging.ERROR, "delivery", "delivery of key %r to %s failed: %s",
+                         events.key_text(message.key() or b""), message.topic(), error)
+        ticket.settle(False)
 
     def produce_raw(self, topic: str, key: bytes | None, value: bytes | None, ticket: Ticket) -> None:
         """Queue a record that is not an event (state records); delivery is reported to the ticket."""
