@@ -68,7 +68,7 @@ DRY_RUN_GROUP_SUFFIX = ".dry-run"
 # Partitions resume consuming once the buffer drained below this share of max_buffered_records.
 # NOTE: on a backlog of a million records the replicator's resident memory stays near 330 MiB, most of it in
 # the main heap. A buffer of 5,000 records instead of 20,000 did not lower it, and a fixed mmap threshold raised
-# it; what holds it is not known yet.
+# it; what keeps it resident is not known yet.
 RESUME_BUFFER_RATIO = 0.75
 # Maximum wait in the revoke callback for in-flight records of revoked partitions.
 REVOKE_DRAIN_TIMEOUT_S = 10.0
